@@ -1,0 +1,48 @@
+"""The ``dots`` command line: one entry point, one sub-command per job.
+
+Sub-commands are registered by small modules (``agent.cli_codec``, ``agent.cli_pki``, ...)
+so that each stays readable; this module only wires them together.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Callable
+
+# Modules that contribute sub-commands: each has ``register(subparsers)``.
+COMMAND_MODULES = ("agent.cli_codec", "agent.cli_pki", "agent.cli_server", "agent.cli_client")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dots", description="DOTS agent (RFC 9132 signal channel, "
+                                     "RFC 9066 Call Home)")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
+            continue
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.WARNING - 10 * min(args.verbose, 2) if args.verbose else logging.INFO
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    try:
+        return handler(args)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,37 @@
+"""``dots pki init DIR`` and ``dots pki client DIR NAME``: development certificates."""
+
+from __future__ import annotations
+
+import argparse
+
+from agent import pki
+
+
+def init(args: argparse.Namespace) -> int:
+    paths = pki.init_pki(args.dir, tuple(args.san) if args.san else pki.SERVER_SANS, force=args.force)
+    print(f"CA          {paths.ca_cert}")
+    print(f"server      {paths.server_cert} {paths.server_key}")
+    cuid = pki.certificate_cuid(paths.client_cert)
+    print(f"client      {paths.client_cert} {paths.client_key}  cuid={cuid}")
+    return 0
+
+
+def client(args: argparse.Namespace) -> int:
+    crt, key = pki.issue_client(args.dir, args.name)
+    print(f"{args.name:<11} {crt} {key}  cuid={pki.certificate_cuid(crt)}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("pki", help="development PKI (ECDSA P-256)")
+    psub = p.add_subparsers(dest="pki_command", required=True, metavar="ACTION")
+    q = psub.add_parser("init", help="write ca.crt, server.crt/.key, client.crt/.key into DIR")
+    q.add_argument("dir")
+    q.add_argument("--san", action="append", help="server subjectAltName (repeat); default localhost, "
+                   "127.0.0.1, ::1")
+    q.add_argument("--force", action="store_true", help="replace existing files")
+    q.set_defaults(handler=init)
+    q = psub.add_parser("client", help="issue one more client certificate NAME.crt/.key in DIR")
+    q.add_argument("dir")
+    q.add_argument("name")
+    q.set_defaults(handler=client)

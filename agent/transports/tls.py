@@ -1,0 +1,302 @@
+"""CoAP over TLS/TCP (``coaps+tcp``, RFC 8323) with mutual X.509, on top of aiocoap.
+
+RFC 9132 §7.1 allows only (D)TLS 1.2 or later for the signal channel and asks for mutual
+authentication; RFC 8323 §9 fixes the ALPN protocol identifier ``coap``; the cipher policy
+follows RFC 7525 (ECDHE key exchange, AEAD ciphers only, no compression or renegotiation).
+
+aiocoap 0.4.17 has a ``coaps+tcp`` server and client, but its public entry points do not
+fit a DOTS agent: the server is only reachable through the private ``_ssl_context``
+argument of ``Context.create_server_context``, it adds 1 to the port it is given
+(``bind[1] + COAPS_PORT - COAP_PORT``), listens on a single address with ``SO_REUSEPORT``,
+and the client transport cannot present a client certificate (its credentials map only
+carries a CA file).  This module therefore builds the :class:`aiocoap.Context` itself and
+appends small subclasses of aiocoap's own TLS transports to ``Context.request_interfaces``
+(the same way aiocoap's factories do), so that:
+
+* the server listens on exactly the given ``(host, port)`` pairs, each one its own listening
+  socket (``"::"`` is the IPv6 wildcard only, as asyncio sets ``IPV6_V6ONLY``; add
+  ``("0.0.0.0", port)`` for IPv4, or use host ``""`` for every address of both families);
+* only TCP sockets are opened, so a UDP/DTLS transport can use the same port number
+  (DOTS uses 4646 for both) in the same process and the same Context;
+* the client presents our certificate and checks the server's chain and name (RFC 6125).
+
+Adding another transport to a Context made here (e.g. the DTLS one) is done the same way:
+pass an adder in ``extra_transports`` or call it afterwards; an adder is any coroutine
+function taking the Context, for instance one that does
+``await ctx._append_tokenmanaged_messagemanaged_transport(lambda mman: ...)`` (aiocoap's
+own helper that wraps a message interface in a MessageManager and a TokenManager) or
+:func:`append_token_transport` for a token interface.  Requests are routed by asking
+every interface in turn (``fill_or_recognize_remote``), so transports do not interfere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import ssl
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any
+
+import aiocoap
+from aiocoap import error as coap_error
+from aiocoap import interfaces
+from aiocoap.tokenmanager import TokenManager
+from aiocoap.transports.tcp import TcpConnection
+from aiocoap.transports.tls import TLSClient, TLSServer
+
+from agent.transports.credentials import Credentials
+
+DOTS_SIGNAL_PORT = 4646
+"""RFC 9132 §10.2: default port of the DOTS signal channel, on both TCP and UDP."""
+
+ALPN_COAP = "coap"
+"""RFC 8323 §9: ALPN protocol identifier of CoAP over TLS."""
+
+TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL:!eNULL:!SHA1:!DSS"
+"""TLS 1.2 cipher suites (RFC 7525 §4.2 / RFC 9325): ECDHE, AEAD only.  TLS 1.3 suites are
+OpenSSL's defaults, which are all AEAD."""
+
+HANDSHAKE_TIMEOUT = 10.0
+"""Seconds a server waits for a TLS handshake to complete before dropping the connection."""
+
+TransportAdder = Callable[[aiocoap.Context], Awaitable[Any]]
+"""Coroutine function that appends one more transport to a Context."""
+
+_log = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------- SSL contexts
+
+
+def _harden(ctx: ssl.SSLContext, credentials: Credentials) -> None:
+    """Settings common to both sides: TLS >= 1.2, AEAD ciphers, our chain, trust anchors, ALPN."""
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.set_ciphers(TLS12_CIPHERS)
+    ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION | ssl.OP_CIPHER_SERVER_PREFERENCE
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.verify_flags |= ssl.VERIFY_X509_STRICT
+    ctx.load_verify_locations(cafile=str(credentials.cafile))
+    ctx.load_cert_chain(certfile=str(credentials.cert), keyfile=str(credentials.key))
+    ctx.set_alpn_protocols([ALPN_COAP])
+
+
+def server_ssl_context(credentials: Credentials) -> ssl.SSLContext:
+    """Server side of coaps+tcp: TLS 1.2+, client certificate required and checked against
+    ``credentials.cafile``, ALPN ``coap``.  TLS 1.3 tickets / TLS 1.2 session tickets are
+    left on so clients can resume (RFC 9132 §7.1 recommends resumption)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    _harden(ctx, credentials)
+    return ctx
+
+
+class ResumingSSLContext(ssl.SSLContext):
+    """Client SSLContext that resumes the last TLS session with the same server name.
+
+    asyncio builds its ``SSLObject`` with ``context.wrap_bio(...)`` and offers no way to pass
+    a session; this subclass remembers the last ``SSLObject`` per server name and hands its
+    session to the next connection.  The session is read lazily so that TLS 1.3 tickets,
+    which arrive after the handshake, are included.  ``override_hostname`` replaces the name
+    that is checked and sent as SNI (``Credentials.server_hostname``).
+    """
+
+    override_hostname: str | None = None
+
+    def wrap_bio(self, incoming: ssl.MemoryBIO, outgoing: ssl.MemoryBIO, server_side: bool = False,
+                 server_hostname: str | bytes | None = None,
+                 session: ssl.SSLSession | None = None) -> ssl.SSLObject:
+        if self.override_hostname is not None and not server_side:
+            server_hostname = self.override_hostname
+        key = server_hostname.decode() if isinstance(server_hostname, bytes) else server_hostname
+        last: dict[str | None, ssl.SSLObject] = self.__dict__.setdefault("_last_objects", {})
+        if session is None and not server_side and key in last:
+            try:
+                candidate = last[key].session
+            except (ValueError, ssl.SSLError):
+                candidate = None
+            if candidate is not None and (candidate.has_ticket or candidate.id):
+                session = candidate
+        try:
+            obj = super().wrap_bio(incoming, outgoing, server_side=server_side,
+                                   server_hostname=server_hostname, session=session)
+        except ValueError:
+            # e.g. a session the library refuses: fall back to a full handshake
+            obj = super().wrap_bio(incoming, outgoing, server_side=server_side,
+                                   server_hostname=server_hostname)
+        if not server_side:
+            last[key] = obj
+        return obj
+
+
+def client_ssl_context(credentials: Credentials) -> ResumingSSLContext:
+    """Client side of coaps+tcp: TLS 1.2+, presents ``credentials.cert``, verifies the server's
+    certification path against ``credentials.cafile`` and its name (RFC 6125: DNS or IP SAN;
+    the URI host unless ``credentials.server_hostname`` is set), ALPN ``coap``, resumes
+    sessions per server name."""
+    ctx = ResumingSSLContext(ssl.PROTOCOL_TLS_CLIENT)  # check_hostname=True, CERT_REQUIRED
+    _harden(ctx, credentials)
+    ctx.check_hostname = True
+    ctx.override_hostname = credentials.server_hostname
+    return ctx
+
+
+# --------------------------------------------------------------------------- transports
+
+
+class _ServerConnection(TcpConnection):
+    """Server-side connection that joins its server's pool only once the TLS handshake is
+    done (aiocoap adds it at accept time and never removes it when the handshake fails,
+    which leaks one object per failed handshake and poisons shutdown)."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._ctx._pool.add(self)
+        super().connection_made(transport)
+
+
+class DotsTLSServer(TLSServer):
+    """aiocoap ``coaps+tcp`` server transport listening on several exact addresses."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.servers: list[asyncio.base_events.Server] = []
+
+    @classmethod
+    async def create_on(cls, binds: Iterable[tuple[str, int]], tman: interfaces.TokenManager,
+                        log: logging.Logger, loop: asyncio.AbstractEventLoop,
+                        ssl_context: ssl.SSLContext,
+                        handshake_timeout: float = HANDSHAKE_TIMEOUT) -> DotsTLSServer:
+        """Listen on every ``(host, port)`` of *binds* (port 0: pick a free one)."""
+        self = cls()
+        self._tokenmanager = tman
+        self.log = log
+
+        def new_connection() -> TcpConnection:
+            return _ServerConnection(self, log, loop, is_server=True)
+
+        try:
+            for host, port in binds:
+                try:
+                    server = await loop.create_server(new_connection, host or None, port, ssl=ssl_context,
+                                                      ssl_handshake_timeout=handshake_timeout,
+                                                      reuse_address=True)
+                except socket.gaierror as e:
+                    raise coap_error.ResolutionError(f"cannot bind to {host!r}: {e}") from e
+                self.servers.append(server)
+        except BaseException:
+            for server in self.servers:
+                server.close()
+            raise
+        self.server = self.servers[0] if self.servers else None
+        return self
+
+    @property
+    def addresses(self) -> list[tuple[str, int]]:
+        """Local ``(host, port)`` of every listening socket."""
+        out: list[tuple[str, int]] = []
+        for server in self.servers:
+            for sock in server.sockets:
+                name = sock.getsockname()
+                out.append((name[0], name[1]))
+        return out
+
+    async def shutdown(self) -> None:
+        self.log.debug("Shutting down server %r", self)
+        self._tokenmanager = None
+        for server in self.servers:
+            server.close()
+        tasks = [asyncio.create_task(c.release()) for c in list(self._pool)]
+        tasks += [asyncio.create_task(s.wait_closed()) for s in self.servers]
+        if tasks:
+            await asyncio.wait(tasks)
+
+
+class DotsTLSClient(TLSClient):
+    """aiocoap ``coaps+tcp`` client transport that uses one fixed SSLContext (ours)."""
+
+    ssl_context: ssl.SSLContext
+
+    def _ssl_context_factory(self, hostinfo: str | None) -> ssl.SSLContext:
+        return self.ssl_context
+
+    async def _spawn_protocol(self, message: aiocoap.Message) -> TcpConnection:
+        # aiocoap keeps a connection pooled until connection_lost runs, so a request made
+        # right after the connection was closed locally would be sent into it and fail;
+        # drop such connections first so that a fresh (resumed) one is opened.
+        for key, conn in list(self._pool.items()):
+            transport = conn._transport
+            if transport is not None and transport.is_closing():
+                del self._pool[key]
+        return await super()._spawn_protocol(message)
+
+
+async def append_token_transport(context: aiocoap.Context,
+                                 constructor: Callable[[interfaces.TokenManager], Awaitable[Any]]) -> Any:
+    """Append a token interface made by ``await constructor(token_manager)`` to *context* and
+    return it (what aiocoap's private ``_append_tokenmanaged_transport`` does)."""
+    tman = TokenManager(context)
+    transport = await constructor(tman)
+    tman.token_interface = transport
+    context.request_interfaces.append(tman)
+    return transport
+
+
+async def add_tls_server(context: aiocoap.Context, binds: Sequence[tuple[str, int]],
+                         credentials: Credentials, *,
+                         handshake_timeout: float = HANDSHAKE_TIMEOUT) -> DotsTLSServer:
+    """Serve coaps+tcp with mutual X.509 on *binds* from *context*."""
+    ssl_context = server_ssl_context(credentials)
+    return await append_token_transport(
+        context, lambda tman: DotsTLSServer.create_on(binds, tman, context.log, context.loop, ssl_context,
+                                                      handshake_timeout))
+
+
+async def add_tls_client(context: aiocoap.Context, credentials: Credentials) -> DotsTLSClient:
+    """Let *context* send requests to ``coaps+tcp://`` URIs with our client certificate."""
+    ssl_context = client_ssl_context(credentials)
+
+    async def make(tman: interfaces.TokenManager) -> DotsTLSClient:
+        transport = await DotsTLSClient.create_client_transport(tman, context.log, context.loop)
+        transport.ssl_context = ssl_context
+        return transport
+
+    return await append_token_transport(context, make)
+
+
+def tls_server(context: aiocoap.Context) -> DotsTLSServer | None:
+    """The coaps+tcp server transport of *context*, if any (e.g. to read bound ports)."""
+    for ri in context.request_interfaces:
+        ti = getattr(ri, "token_interface", None)
+        if isinstance(ti, DotsTLSServer):
+            return ti
+    return None
+
+
+async def create_server_context(site: Any, binds: list[tuple[str, int]], credentials: Credentials, *,
+                                extra_transports: Sequence[TransportAdder] = (),
+                                client: bool = False,
+                                loggername: str = "coap-server") -> aiocoap.Context:
+    """aiocoap Context serving *site* over coaps+tcp on *binds* with mutual X.509.
+
+    Only TCP sockets are opened (no udp6), so *extra_transports* (or later calls) can add a
+    UDP/DTLS transport on the same port numbers.  With *client* the Context can also send
+    coaps+tcp requests with the same credentials.
+    """
+    context = aiocoap.Context(loop=asyncio.get_running_loop(), serversite=site, loggername=loggername)
+    try:
+        await add_tls_server(context, binds, credentials)
+        if client:
+            await add_tls_client(context, credentials)
+        for adder in extra_transports:
+            await adder(context)
+    except BaseException:
+        await context.shutdown()
+        raise
+    return context
+
+
+async def create_client_context(credentials: Credentials, *, loggername: str = "coap") -> aiocoap.Context:
+    """aiocoap Context that sends requests to ``coaps+tcp://host:port/...`` presenting our
+    certificate and checking the server's chain and name."""
+    context = aiocoap.Context(loop=asyncio.get_running_loop(), loggername=loggername)
+    await add_tls_client(context, credentials)
+    return context
