@@ -39,14 +39,17 @@ _AUGMENT_STRUCTURE = re.compile(r"sx:augment-structure\b")
 
 @dataclass(frozen=True)
 class Target:
-    """One generated Python module: its name and the YANG modules compiled into it."""
+    """One generated Python module: its name, the YANG modules compiled into it, and the
+    deviation modules applied to them (``pyang --deviation-module``)."""
 
     name: str
     modules: tuple[str, ...]
+    deviations: tuple[str, ...] = ()
 
 
 TARGETS = (
-    Target("dots_signal", ("ietf-dots-signal-channel", "ietf-dots-call-home")),
+    Target("dots_signal", ("ietf-dots-signal-channel", "ietf-dots-call-home"),
+           ("dots-agent-iana-updates",)),
     Target("dots_agent", ("dots-agent",)),
 )
 
@@ -82,11 +85,12 @@ def pyangbind_plugin_dir() -> str:
 def run_pyangbind(target: Target, derived: Path) -> str:
     """Compile *target* with pyangbind and return the generated source."""
     files = [str(module_file(m, derived)) for m in target.modules]
+    deviations = [a for d in target.deviations for a in ("--deviation-module", str(module_file(d, derived)))]
     search = ":".join(str(p) for p in [derived, *yang.pyang_modules_dir()])
     pyang = Path(sys.executable).with_name("pyang")
     out = derived / f"{target.name}.py"
     cmd = [str(pyang) if pyang.exists() else "pyang", "--plugindir", pyangbind_plugin_dir(),
-           "-f", "pybind", "-p", search, "-o", str(out), *files]
+           "-f", "pybind", "-p", search, "-o", str(out), *deviations, *files]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0 or not out.exists():
         raise RuntimeError(f"pyangbind failed for {target.name}:\n{proc.stderr}{proc.stdout}")

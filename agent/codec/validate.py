@@ -4,6 +4,7 @@ pyangbind checks types and ranges while objects are built but not ``must`` expre
 decimal64 fraction-digits; libyang checks everything.  Messages are validated as instances of
 the derived modules in ``bindings/generated/yang`` (RFC 8791 structures compiled as
 ``config false`` containers), which accept exactly the same data as the structures.
+``dots-agent-iana-updates`` (loaded last, so implemented) deviates them like the bindings build.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from bindings.build import GENERATED_DIR
 
 from .errors import CodecError
 
-SIGNAL_MODULES = ("ietf-dots-data-channel", "ietf-dots-signal-channel", "ietf-dots-call-home")
+SIGNAL_MODULES = ("ietf-dots-data-channel", "ietf-dots-signal-channel", "ietf-dots-call-home",
+                  "dots-agent-iana-updates")
 _local = threading.local()
 
 

@@ -837,7 +837,7 @@ class yc_conflict_information_ietf_dots_signal_channel__dots_signal_scope_confli
 
     def _get_conflict_cause(self):
         """
-    Getter method for conflict_cause, mapped from YANG variable /dots_signal/scope/conflict_information/conflict_cause (iana-dots-signal:conflict-cause)
+    Getter method for conflict_cause, mapped from YANG variable /dots_signal/scope/conflict_information/conflict_cause (enumeration)
 
     YANG Description: Indicates the cause of the conflict.
     """
@@ -849,7 +849,7 @@ class yc_conflict_information_ietf_dots_signal_channel__dots_signal_scope_confli
 
     def _set_conflict_cause(self, v, load=False):
         """
-    Setter method for conflict_cause, mapped from YANG variable /dots_signal/scope/conflict_information/conflict_cause (iana-dots-signal:conflict-cause)
+    Setter method for conflict_cause, mapped from YANG variable /dots_signal/scope/conflict_information/conflict_cause (enumeration)
     If this variable is read-only (config: false) in the
     source YANG file, then _set_conflict_cause is considered as a private
     method. Backends looking to populate this variable should
@@ -862,7 +862,7 @@ class yc_conflict_information_ietf_dots_signal_channel__dots_signal_scope_confli
         try:
             t = _D15(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
-            raise ValueError({'error-string': 'conflict_cause must be of a type compatible with iana-dots-signal:conflict-cause', 'defined-type': 'iana-dots-signal:conflict-cause', 'generated-type': 'YANGDynClass(base=RestrictedClassType(base_type=str,                                     restriction_type="dict_key",                                     restriction_arg={\'overlapping-targets\': {\'value\': 1}, \'conflict-with-acceptlist\': {\'value\': 2}, \'cuid-collision\': {\'value\': 3}},), is_leaf=True, yang_name="conflict-cause", parent=self, choice=(\'direction\', \'server-to-client-only\'), path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace=\'urn:ietf:params:xml:ns:yang:ietf-dots-signal-channel\', defining_module=\'ietf-dots-signal-channel\', yang_type=\'iana-dots-signal:conflict-cause\', is_config=False)'})
+            raise ValueError({'error-string': 'conflict_cause must be of a type compatible with enumeration', 'defined-type': 'ietf-dots-signal-channel:enumeration', 'generated-type': 'YANGDynClass(base=RestrictedClassType(base_type=str,                                     restriction_type="dict_key",                                     restriction_arg={\'overlapping-targets\': {\'value\': 1}, \'conflict-with-acceptlist\': {\'value\': 2}, \'cuid-collision\': {\'value\': 3}, \'request-rejected-legitimate-traffic\': {\'value\': 4}},), is_leaf=True, yang_name="conflict-cause", parent=self, choice=(\'direction\', \'server-to-client-only\'), path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace=\'urn:ietf:params:xml:ns:yang:ietf-dots-signal-channel\', defining_module=\'ietf-dots-signal-channel\', yang_type=\'enumeration\', is_config=False)'})
         self.__conflict_cause = t
         if hasattr(self, '_set'):
             self._set()
@@ -5124,7 +5124,7 @@ _T5 = TypedListType(allowed_type=str)
 _T6 = YANGListType('acl_name', yc_acl_list_ietf_dots_signal_channel__dots_signal_scope_conflict_information_conflict_scope_acl_list, yang_name='acl-list', is_container='list', user_ordered=False, yang_keys='acl-name', extensions=None, choice=('direction', 'server-to-client-only'))
 _T7 = RestrictedClassType(base_type=long, restriction_dict={'range': ['0..4294967295']}, int_size=32)
 _T8 = RestrictedClassType(base_type=str, restriction_type='dict_key', restriction_arg={'request-inactive-other-active': {'value': 1}, 'request-active': {'value': 2}, 'all-requests-inactive': {'value': 3}})
-_T9 = RestrictedClassType(base_type=str, restriction_type='dict_key', restriction_arg={'overlapping-targets': {'value': 1}, 'conflict-with-acceptlist': {'value': 2}, 'cuid-collision': {'value': 3}})
+_T9 = RestrictedClassType(base_type=str, restriction_type='dict_key', restriction_arg={'overlapping-targets': {'value': 1}, 'conflict-with-acceptlist': {'value': 2}, 'cuid-collision': {'value': 3}, 'request-rejected-legitimate-traffic': {'value': 4}})
 _T10 = RestrictedClassType(base_type=int, restriction_dict={'range': ['0..255']}, int_size=8)
 _T11 = YANGListType('lower_port', yc_target_port_range_ietf_dots_signal_channel__dots_signal_scope_target_port_range, yang_name='target-port-range', is_container='list', user_ordered=False, yang_keys='lower-port', extensions=None, choice=('message-type', 'mitigation-scope'))
 _T12 = RestrictedClassType(base_type=RestrictedClassType(base_type=long, restriction_dict={'range': ['-2147483648..2147483647']}, int_size=32), restriction_dict={'range': ['-1']})
@@ -5162,7 +5162,7 @@ _D11 = dyn_factory(unique=True, base=_T5, is_leaf=False, yang_name='alias-name',
 _D12 = dyn_factory(base=_T6, is_container='list', yang_name='acl-list', choice=('direction', 'server-to-client-only'), register_paths=True, extensions=None, namespace='urn:ietf:params:xml:ns:yang:ietf-dots-signal-channel', defining_module='ietf-dots-signal-channel', yang_type='list', is_config=False)
 _D13 = dyn_factory(base=_T7, is_leaf=True, yang_name='mid', choice=('direction', 'server-to-client-only'), register_paths=True, namespace='urn:ietf:params:xml:ns:yang:ietf-dots-signal-channel', defining_module='ietf-dots-signal-channel', yang_type='uint32', is_config=False)
 _D14 = dyn_factory(base=_T8, is_leaf=True, yang_name='conflict-status', choice=('direction', 'server-to-client-only'), register_paths=True, namespace='urn:ietf:params:xml:ns:yang:ietf-dots-signal-channel', defining_module='ietf-dots-signal-channel', yang_type='iana-dots-signal:conflict-status', is_config=False)
-_D15 = dyn_factory(base=_T9, is_leaf=True, yang_name='conflict-cause', choice=('direction', 'server-to-client-only'), register_paths=True, namespace='urn:ietf:params:xml:ns:yang:ietf-dots-signal-channel', defining_module='ietf-dots-signal-channel', yang_type='iana-dots-signal:conflict-cause', is_config=False)
+_D15 = dyn_factory(base=_T9, is_leaf=True, yang_name='conflict-cause', choice=('direction', 'server-to-client-only'), register_paths=True, namespace='urn:ietf:params:xml:ns:yang:ietf-dots-signal-channel', defining_module='ietf-dots-signal-channel', yang_type='enumeration', is_config=False)
 _D16 = dyn_factory(base=_T7, is_leaf=True, yang_name='retry-timer', choice=('direction', 'server-to-client-only'), register_paths=True, namespace='urn:ietf:params:xml:ns:yang:ietf-dots-signal-channel', defining_module='ietf-dots-signal-channel', yang_type='uint32', is_config=False)
 _D17 = dyn_factory(base=yc_conflict_scope_ietf_dots_signal_channel__dots_signal_scope_conflict_information_conflict_scope, is_container='container', yang_name='conflict-scope', choice=('direction', 'server-to-client-only'), register_paths=True, extensions=None, namespace='urn:ietf:params:xml:ns:yang:ietf-dots-signal-channel', defining_module='ietf-dots-signal-channel', yang_type='container', is_config=False)
 _D18 = dyn_factory(base=_T0, is_leaf=True, yang_name='lower-port', choice=('message-type', 'mitigation-scope'), register_paths=True, is_keyval=True, namespace='urn:ietf:params:xml:ns:yang:ietf-dots-call-home', defining_module='ietf-dots-call-home', yang_type='inet:port-number', is_config=False)

@@ -1,0 +1,59 @@
+"""``dots server``: run a DOTS server (TLS/TCP and DTLS/UDP on the same port, mutual X.509)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+from pathlib import Path
+
+from agent.numbers import rfc9132
+from agent.transports.credentials import Credentials
+
+log = logging.getLogger("dots.server")
+
+
+async def serve(args: argparse.Namespace) -> int:
+    from agent.server.app import DotsServer, ServerOptions
+
+    config = json.loads(Path(args.config).read_text()) if args.config else None
+    options = ServerOptions(
+        credentials=Credentials.from_pki_dir(args.pki, "server"),
+        listen=args.listen or ["::1", "127.0.0.1"], port=args.port, db=Path(args.db),
+        mitigator=args.mitigator, config=config,
+        transports=tuple(args.transport) if args.transport else ("tls", "dtls"),
+        netns=args.netns, counter_interval=args.counter_interval)
+    server = DotsServer(options)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await server.start()
+    if args.ready_file:
+        Path(args.ready_file).write_text(json.dumps(server.addresses))
+    await stop.wait()
+    log.info("stopping (signal)")
+    await server.stop()
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    return asyncio.run(serve(args))
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("server", help="run a DOTS server")
+    p.add_argument("--pki", required=True, help="directory with ca.crt, server.crt, server.key (dots pki init)")
+    p.add_argument("--listen", action="append", help="address to listen on (repeat; default ::1 and 127.0.0.1)")
+    p.add_argument("--port", type=int, default=rfc9132.DEFAULT_PORT, help="TCP and UDP port (default 4646)")
+    p.add_argument("--db", default="dots-server.db", help="SQLite database file (default dots-server.db)")
+    p.add_argument("--mitigator", choices=("log", "nftables"), help="mitigation back-end (default: the "
+                   "configuration's, else log)")
+    p.add_argument("--config", help="dots-agent configuration (RFC 7951 JSON) to start with")
+    p.add_argument("--transport", action="append", choices=("tls", "dtls"), help="only these transports")
+    p.add_argument("--netns", help="run nft inside this network namespace")
+    p.add_argument("--counter-interval", type=float, default=5.0, help="seconds between counter reads")
+    p.add_argument("--ready-file", help="write the bound addresses (JSON) here once listening")
+    p.set_defaults(handler=run)

@@ -1,0 +1,135 @@
+"""The DOTS server process: transports, store, mitigators, service and resources wired together.
+
+``DotsServer.start`` opens the store (SQLite by default), restores and re-enforces what it
+holds, then listens for coaps+tcp (TLS) and coaps (DTLS) on the same port of every listen
+address, both with mutual X.509.  ``apply_config`` swaps in new settings from a ``dots-agent``
+configuration tree without a restart (the management plane calls it on commit).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiocoap
+
+from agent.mitigators.interface import Mitigator
+from agent.mitigators.log import LogMitigator
+from agent.numbers import rfc9132
+from agent.store.sqlite import SqliteStore
+from agent.transports.credentials import Credentials
+from agent.transports.dtls import add_dtls_server
+from agent.transports.tls import add_tls_server, tls_server
+
+from .heartbeats import HeartbeatSender
+from .mitigations import MitigationService
+from .resources import DotsResource
+from .sessions import SessionRegistry
+from .settings import ServerSettings
+
+log = logging.getLogger("dots.server")
+
+
+@dataclass
+class ServerOptions:
+    credentials: Credentials
+    listen: list[str] = field(default_factory=lambda: ["::1", "127.0.0.1"])
+    port: int = rfc9132.DEFAULT_PORT  # SC-001: 4646 for both UDP and TCP unless configured (SC-002)
+    db: Path = Path("dots-server.db")
+    mitigator: str | None = None  # overrides the configuration's mitigator type
+    config: dict[str, Any] | None = None  # RFC 7951 tree of dots-agent
+    transports: tuple[str, ...] = ("tls", "dtls")
+    netns: str | None = None  # nftables inside this network namespace
+    counter_interval: float = 5.0
+    heartbeats: bool = True
+
+
+class DotsServer:
+    def __init__(self, options: ServerOptions) -> None:
+        self.options = options
+        self.settings = self._settings_from(options.config)
+        self.store = SqliteStore(options.db)
+        self._mitigators: dict[str, Mitigator] = {}
+        self.service = MitigationService(self.store, self.mitigator, self.settings,
+                                         counter_interval=options.counter_interval)
+        self.sessions = SessionRegistry(self.store, self.settings.defaults)
+        self.resource = DotsResource(self.service, self.sessions, lambda: self.settings)
+        self.context: aiocoap.Context | None = None
+        self.heartbeats: HeartbeatSender | None = None
+        self.addresses: dict[str, list[tuple[str, int]]] = {}
+
+    def _settings_from(self, tree: dict[str, Any] | None) -> ServerSettings:
+        settings = ServerSettings.from_config(tree)
+        if self.options.mitigator:
+            from dataclasses import replace
+
+            settings = replace(settings, mitigator=self.options.mitigator)
+        return settings
+
+    async def mitigator(self, name: str) -> Mitigator:
+        """The mitigator back-end called *name* (created on first use)."""
+        existing = self._mitigators.get(name)
+        if existing is not None:
+            return existing
+        if name == "log":
+            m: Mitigator = LogMitigator()
+        elif name == "nftables":
+            from agent.mitigators.nftables import NftablesMitigator
+
+            m = NftablesMitigator(table=self.settings.nft_table, netns=self.options.netns)
+        else:
+            raise ValueError(f"mitigator {name!r} is not available in this build")
+        self._mitigators[name] = m
+        return m
+
+    async def start(self) -> None:
+        await self.store.open()
+        await self.service.start()
+        site = self.resource
+        self.context = aiocoap.Context(loop=asyncio.get_running_loop(), serversite=site,
+                                       loggername="coap-server")
+        creds = self.options.credentials
+        binds = [(addr, self.options.port) for addr in self.options.listen]
+        if "tls" in self.options.transports:
+            await add_tls_server(self.context, binds, creds)
+            server = tls_server(self.context)
+            self.addresses["tls"] = list(server.addresses) if server else binds
+        if "dtls" in self.options.transports:
+            self.addresses["dtls"] = []
+            for host, _ in binds:
+                port = self.options.port
+                if port == 0 and "tls" in self.addresses:  # same port number for both (SC-001)
+                    port = next((p for h, p in self.addresses["tls"] if h == host), 0)
+                t = await add_dtls_server(self.context, (host, port), creds)
+                self.addresses["dtls"].append((host, t.port))
+        if self.options.heartbeats:
+            self.heartbeats = HeartbeatSender(self.context, self.sessions, self.service)
+            self.heartbeats.start()
+        policy = "any client certified by the CA, for any target" if self.settings.allow_unlisted and \
+            not self.settings.clients else f"{len(self.settings.clients)} configured client(s)" + (
+                " plus unlisted clients" if self.settings.allow_unlisted else "")
+        log.info("DOTS server listening: %s; authorising %s; mitigator %s; store %s",
+                 ", ".join(f"{t} {h}:{p}" for t, a in self.addresses.items() for h, p in a),
+                 policy, self.settings.mitigator, self.options.db)
+
+    def apply_config(self, tree: dict[str, Any] | None) -> None:
+        """Swap in settings from a new configuration tree (no restart)."""
+        self.settings = self._settings_from(tree)
+        self.service.settings = self.settings
+        self.sessions.defaults = self.settings.defaults
+        log.info("configuration applied: %d client(s), allow-unlisted %s, mitigator %s",
+                 len(self.settings.clients), self.settings.allow_unlisted, self.settings.mitigator)
+
+    async def stop(self) -> None:
+        if self.heartbeats:
+            await self.heartbeats.stop()
+        if self.context is not None:
+            await self.context.shutdown()
+        await self.service.stop()
+        for m in self._mitigators.values():
+            await m.close()
+        await self.store.close()
+        log.info("DOTS server stopped")

@@ -1,0 +1,444 @@
+"""The server's mitigation requests: decisions, lifecycle, persistence, enforcement, observers.
+
+Theory of operation
+-------------------
+Each request (cuid, mid) is an ``Entry``: the sans-I/O ``Mitigation`` state machine, the
+request's scope (RFC 7951 members), its ``Targets`` and the stored ``MitigationRecord``.
+``put``/``delete``/``get`` are called by the CoAP resources with decoded, authenticated input;
+``decide_mitigation_put`` (pure) decides, the machine transitions, and the effects it returns
+are carried out here in a fixed order: persist (the store returns once durable, before any
+answer leaves), then enforce (mitigator), then notify observers, then re-arm timers.
+
+Timers: one ``loop.call_at`` handle per entry, re-armed on every ``ScheduleTimer`` effect.
+Counters: a poller reads the mitigator's counters every ``counter_interval`` seconds, derives
+bps/pps from the deltas, stores them and notifies observers when they changed.
+After a restart ``start`` rebuilds the entries from the store and ``reconcile``s the mitigator
+so that exactly the active requests are enforced.
+
+The lock serialises decisions: a decision reads the whole request set, so two PUTs must not
+interleave between the decision and its persistence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from agent.mitigators.interface import Mitigator, MitigatorError
+from agent.numbers.rfc9132 import AttackStatus, ConflictStatus, Status
+from agent.protocol import mitigation as lifecycle
+from agent.protocol.mitigation import Mitigation
+from agent.protocol.server_rules import (
+    Accept,
+    ConflictInfo,
+    ExistingRequest,
+    Ignore,
+    PutRequest,
+    Reject,
+    decide_mitigation_put,
+)
+from agent.protocol.targets import Targets
+from agent.store.interface import MitigationRecord, Store
+
+from . import scope as scopes
+from .settings import ServerSettings
+
+log = logging.getLogger("dots.server")
+
+Observer = Callable[["Entry"], None]  # called with the entry that changed (or was removed)
+
+
+@dataclass
+class Entry:
+    cuid: str
+    mid: int
+    machine: Mitigation
+    members: dict[str, Any]  # the request part of the scope
+    targets: Targets
+    record: MitigationRecord
+    timer: asyncio.TimerHandle | None = None
+    last_counters: tuple[float, int, int] | None = None  # (time, bytes, pkts)
+    mitigator_name: str = ""
+
+    @property
+    def key(self) -> str:
+        return f"{self.cuid}/{self.mid}"
+
+
+@dataclass(frozen=True)
+class PutOutcome:
+    """What the resource answers: a code, and a diagnostic or the entry to describe."""
+
+    code: str
+    diagnostic: str = ""
+    entry: Entry | None = None
+    lifetime: int | None = None
+    conflict: ConflictInfo | None = None
+    ignored: bool = False
+
+
+@dataclass
+class Stats:
+    puts: int = 0
+    created: int = 0
+    changed: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)
+    deletes: int = 0
+
+
+class MitigationService:
+    def __init__(self, store: Store, mitigators: Callable[[str], Awaitable[Mitigator]],
+                 settings: ServerSettings, *, clock: Callable[[], float] = time.time,
+                 counter_interval: float = 5.0) -> None:
+        self.store = store
+        self._mitigator_for = mitigators
+        self.settings = settings
+        self.clock = clock
+        self.counter_interval = counter_interval
+        self.entries: dict[tuple[str, int], Entry] = {}
+        self.observers: list[Observer] = []
+        self.stats = Stats()
+        self._lock = asyncio.Lock()
+        self._poller: asyncio.Task[None] | None = None
+
+    # -- start / stop ----------------------------------------------------------------------
+    async def start(self) -> None:
+        """Rebuild state from the store and make the mitigators enforce exactly what is active."""
+        now = self.clock()
+        for rec in await self.store.purge_expired(now):
+            log.info("expired while stopped: %s/%s", rec.cuid, rec.mid)
+        by_mitigator: dict[str, list[Any]] = {}
+        for rec in await self.store.list_mitigations():
+            entry = self._restore(rec)
+            self.entries[(rec.cuid, rec.mid)] = entry
+            self._arm(entry)
+            if entry.machine.installed:
+                by_mitigator.setdefault(entry.mitigator_name, []).append(self._action(entry))
+        names = set(by_mitigator) | {self.settings.mitigator}
+        for name in names:
+            mitigator = await self._mitigator_for(name)
+            await mitigator.reconcile(by_mitigator.get(name, []))
+        if self.entries:
+            log.info("restored %d mitigation request(s) from the store", len(self.entries))
+        self._poller = asyncio.get_running_loop().create_task(self._poll_counters())
+
+    async def stop(self) -> None:
+        if self._poller:
+            self._poller.cancel()
+            try:
+                await self._poller
+            except asyncio.CancelledError:
+                pass
+        for e in self.entries.values():
+            if e.timer:
+                e.timer.cancel()
+
+    def _restore(self, rec: MitigationRecord) -> Entry:
+        members = scopes.from_cbor(rec.scope)
+        m = Mitigation(rec.mid, trigger_mitigation=rec.trigger_mitigation,
+                       terminating_period=self.settings.terminating_period,
+                       terminating_max=self.settings.terminating_max)
+        m.state = Status(rec.status)
+        m.granted_lifetime = rec.lifetime
+        m.expires_at = rec.expires_at
+        m.terminating_until = rec.terminating_until
+        entry = Entry(rec.cuid, rec.mid, m, members, scopes.targets_of(members), rec,
+                      mitigator_name=rec.mitigator or self.settings.mitigator)
+        return entry
+
+    # -- queries ---------------------------------------------------------------------------
+    def of_client(self, cuid: str) -> list[Entry]:
+        return sorted((e for (c, _m), e in self.entries.items() if c == cuid), key=lambda e: e.mid)
+
+    def get(self, cuid: str, mid: int) -> Entry | None:
+        return self.entries.get((cuid, mid))
+
+    def any_active(self, cuid: str) -> bool:
+        return any(e.machine.active for e in self.of_client(cuid))
+
+    def _existing(self) -> list[ExistingRequest]:
+        now = self.clock()
+        return [ExistingRequest(e.cuid, e.mid, e.targets, e.machine.trigger_mitigation, e.machine.state,
+                                e.machine.remaining_lifetime(now), client_id=e.cuid,
+                                granted_lifetime=e.machine.granted_lifetime)
+                for e in self.entries.values() if isinstance(e.machine.state, Status)]
+
+    # -- PUT -------------------------------------------------------------------------------
+    async def put(self, cuid: str, mid: int, members: dict[str, Any], *, if_match: bool = False,
+                  cdid: str | None = None) -> PutOutcome:
+        """A decoded mitigation request (one scope's RFC 7951 members) from an authenticated client."""
+        self.stats.puts += 1
+        client = self.settings.client(cuid)
+        if client is None:
+            return self._reject("4.03", f"client {cuid} is not authorised")
+        request = scopes.request_part(members)
+        targets = scopes.targets_of(request)
+        attack = members.get("attack-status")
+        req = PutRequest(
+            cuid=cuid, mid=mid, targets=targets, lifetime=members.get("lifetime"),
+            trigger_mitigation=bool(members.get("trigger-mitigation", True)),
+            attack_status=AttackStatus[attack.upper().replace("-", "_")] if attack else None,
+            if_match=if_match, client_id=cuid)
+        if targets.aliases:
+            return self._reject("4.00", "alias-name needs the DOTS data channel, which this server "
+                                "does not provide (RFC 9132 §4.4.1.3)")
+        async with self._lock:
+            decision = decide_mitigation_put(req, self._existing(), policy=self.settings.policy(),
+                                             allowed_prefixes=client.prefixes)
+            if isinstance(decision, Reject):
+                return self._reject(decision.code, decision.diagnostic, decision.conflict)
+            if isinstance(decision, Ignore):
+                log.info("ignored PUT %s/%s: %s", cuid, mid, decision.reason)
+                return PutOutcome("2.04", decision.reason, ignored=True)
+            return await self._accept(cuid, mid, request, targets, decision, cdid, client.mitigator)
+
+    def _reject(self, code: str, diagnostic: str, conflict: ConflictInfo | None = None) -> PutOutcome:
+        self.stats.rejected[code] = self.stats.rejected.get(code, 0) + 1
+        return PutOutcome(code, diagnostic, conflict=conflict)
+
+    async def _accept(self, cuid: str, mid: int, request: dict[str, Any], targets: Targets,
+                      decision: Accept, cdid: str | None, mitigator: str | None) -> PutOutcome:
+        now = self.clock()
+        # Replaced lower mids of this client go first (SC-065), in one store transaction.
+        removed: list[Entry] = []
+        for old_mid in decision.replaces:
+            old = self.entries.get((cuid, old_mid))
+            if old is not None:
+                old.machine.replaced(now, mid)
+                removed.append(old)
+        entry = self.entries.get((cuid, mid))
+        if entry is None or decision.created and not decision.resumes_terminating:
+            machine = Mitigation(mid, trigger_mitigation=bool(request.get("trigger-mitigation", True)),
+                                 terminating_period=self.settings.terminating_period,
+                                 terminating_max=self.settings.terminating_max)
+            rec = MitigationRecord(cuid=cuid, mid=mid, scope=scopes.to_cbor(request), status=1,
+                                   lifetime=decision.lifetime, cdid=cdid,
+                                   trigger_mitigation=machine.trigger_mitigation, created_at=now,
+                                   mitigator=mitigator or self.settings.mitigator)
+            entry = Entry(cuid, mid, machine, request, targets, rec, mitigator_name=rec.mitigator)
+            if decision.inactive and decision.conflict is not None:
+                transition = machine.accept_inactive(now, decision.conflict.retry_timer or 0)
+            else:
+                transition = machine.accept(now, decision.lifetime)
+            self.stats.created += 1
+        else:
+            machine = entry.machine
+            if decision.attack_status is not None:
+                transition = machine.efficacy_update(now, decision.attack_status, decision.lifetime)
+            else:
+                transition = machine.lifetime_renewed(now, decision.lifetime)
+            self.stats.changed += 1
+        entry.record = self._record(entry, now)
+        # deactivate overlapped preconfigured requests (SC-068)
+        deactivated = []
+        for d in decision.deactivates:
+            other = self.entries.get((cuid, d))
+            if other is not None and other.machine.allowed(lifecycle.Event.SERVER_WITHDRAW):
+                other.machine.server_withdraw(now)
+                other.record = self._record(other, now)
+                deactivated.append(other)
+        await self.store.replace_mitigations([(cuid, e.mid) for e in removed],
+                                             [entry.record, *(d.record for d in deactivated)])
+        self.entries[(cuid, mid)] = entry
+        await self._effects(entry, transition.effects, persisted=True)
+        for old in removed:  # make-before-break: the new rules are in before the old go
+            self._forget(old)
+            await self._remove(old)
+        for d in deactivated:
+            await self._remove(d)
+            self._notify(d)
+        code = "2.01" if decision.created else "2.04"
+        log.info("PUT %s/%s -> %s (status %s, lifetime %s)", cuid, mid, code,
+                 entry.machine.status and int(entry.machine.status), decision.lifetime)
+        return PutOutcome(code, entry=entry, lifetime=decision.lifetime, conflict=decision.conflict)
+
+    def _record(self, entry: Entry, now: float) -> MitigationRecord:
+        m = entry.machine
+        status = m.status or Status.ATTACK_MITIGATION_TERMINATED
+        start = entry.record.mitigation_start
+        if m.installed and start is None:
+            start = now
+        return entry.record.replace(status=int(status), lifetime=m.granted_lifetime, expires_at=m.expires_at,
+                                    terminating_until=m.terminating_until, updated_at=now,
+                                    mitigation_start=start)
+
+    # -- DELETE ----------------------------------------------------------------------------
+    async def delete(self, cuid: str, mid: int) -> None:
+        """Withdraw (§4.4.4): active-but-terminating, then terminated.  Unknown mids are fine."""
+        self.stats.deletes += 1
+        async with self._lock:
+            entry = self.entries.get((cuid, mid))
+            if entry is None or not entry.machine.allowed(lifecycle.Event.CLIENT_WITHDRAW):
+                return
+            now = self.clock()
+            transition = entry.machine.client_withdraw(now)
+            entry.record = self._record(entry, now)
+            if transition.state is lifecycle.GONE:
+                await self.store.delete_mitigation(cuid, mid)
+                self._forget(entry)
+            else:
+                await self.store.put_mitigation(entry.record)
+            await self._effects(entry, transition.effects, persisted=True)
+            log.info("DELETE %s/%s -> %s", cuid, mid, transition.state)
+
+    # -- timers, signal loss -------------------------------------------------------------
+    def _arm(self, entry: Entry) -> None:
+        if entry.timer:
+            entry.timer.cancel()
+            entry.timer = None
+        deadline = entry.machine.next_deadline()
+        if deadline is None:
+            return
+        loop = asyncio.get_running_loop()
+        delay = max(0.0, deadline - self.clock())
+        entry.timer = loop.call_later(delay, lambda: loop.create_task(self._fire(entry)))
+
+    async def _fire(self, entry: Entry) -> None:
+        async with self._lock:
+            if self.entries.get((entry.cuid, entry.mid)) is not entry:
+                return
+            now = self.clock()
+            try:
+                transition = entry.machine.on_timer(now)
+            except lifecycle.NotYetDue:
+                self._arm(entry)
+                return
+            if not transition.effects:
+                self._arm(entry)
+                return
+            entry.record = self._record(entry, now)
+            await self._effects(entry, transition.effects)
+            if entry.machine.state is Status.ATTACK_MITIGATION_TERMINATED:
+                entry.machine.purge(now)
+                await self.store.delete_mitigation(entry.cuid, entry.mid)
+                self._forget(entry)
+                log.info("terminated %s/%s", entry.cuid, entry.mid)
+
+    async def signal_lost(self, cuid: str) -> None:
+        """The client's session is gone: arm-on-loss requests (status 8) start (§4.4.1)."""
+        async with self._lock:
+            now = self.clock()
+            for entry in self.of_client(cuid):
+                if entry.machine.state is Status.ATTACK_MITIGATION_SIGNAL_LOSS:
+                    transition = entry.machine.signal_lost(now)
+                    entry.record = self._record(entry, now)
+                    await self._effects(entry, transition.effects)
+                    log.info("signal lost: activated %s/%s", cuid, entry.mid)
+
+    # -- effects ---------------------------------------------------------------------------
+    async def _effects(self, entry: Entry, effects: list[Any], *, persisted: bool = False) -> None:
+        notify = False
+        for effect in effects:
+            if isinstance(effect, lifecycle.Persist) and not persisted:
+                if effect.deleted:
+                    await self.store.delete_mitigation(entry.cuid, entry.mid)
+                else:
+                    await self.store.put_mitigation(entry.record)
+        for effect in effects:
+            if isinstance(effect, lifecycle.InstallMitigation):
+                await self._install(entry)
+            elif isinstance(effect, lifecycle.RemoveMitigation):
+                await self._remove(entry)
+            elif isinstance(effect, lifecycle.NotifyObservers):
+                notify = True
+            elif isinstance(effect, lifecycle.ScheduleTimer):
+                self._arm(entry)
+        if notify:
+            self._notify(entry)
+
+    def _action(self, entry: Entry) -> Any:
+        return scopes.action_of(entry.key, entry.targets, rate_limit_pps=self.settings.rate_limit_pps)
+
+    async def _install(self, entry: Entry) -> None:
+        if not entry.targets.prefixes and not entry.targets.source_prefixes:
+            return  # nothing enforceable (e.g. only an FQDN that resolved to nothing)
+        try:
+            mitigator = await self._mitigator_for(entry.mitigator_name)
+            await mitigator.apply(self._action(entry))
+        except (MitigatorError, OSError, ValueError) as exc:
+            log.error("mitigator %s failed for %s: %s", entry.mitigator_name, entry.key, exc)
+            if entry.machine.allowed(lifecycle.Event.REPORT_CAPACITY_EXCEEDED):
+                entry.machine.mitigator_reports(self.clock(), Status.ATTACK_EXCEEDED_CAPABILITY)
+                entry.record = self._record(entry, self.clock())
+                await self.store.put_mitigation(entry.record)
+
+    async def _remove(self, entry: Entry) -> None:
+        try:
+            mitigator = await self._mitigator_for(entry.mitigator_name)
+            await mitigator.remove(entry.key)
+        except (MitigatorError, OSError) as exc:
+            log.error("mitigator %s could not remove %s: %s", entry.mitigator_name, entry.key, exc)
+
+    def _forget(self, entry: Entry) -> None:
+        if entry.timer:
+            entry.timer.cancel()
+        self.entries.pop((entry.cuid, entry.mid), None)
+        self._notify(entry)
+
+    def _notify(self, entry: Entry) -> None:
+        for obs in list(self.observers):
+            try:
+                obs(entry)
+            except Exception:  # an observer must not break the service
+                log.exception("observer failed")
+
+    # -- counters ----------------------------------------------------------------------------
+    async def _poll_counters(self) -> None:
+        while True:
+            await asyncio.sleep(self.counter_interval)
+            try:
+                await self.refresh_counters()
+            except Exception:
+                log.exception("counter refresh failed")
+
+    async def refresh_counters(self) -> None:
+        now = self.clock()
+        for entry in [e for e in self.entries.values() if e.machine.installed]:
+            try:
+                mitigator = await self._mitigator_for(entry.mitigator_name)
+                c = await mitigator.counters(entry.key)
+            except (MitigatorError, OSError, KeyError):
+                continue
+            bps = pps = 0
+            if entry.last_counters is not None:
+                t0, b0, p0 = entry.last_counters
+                dt = max(now - t0, 1e-6)
+                bps = int(max(0, c.bytes_dropped - b0) * 8 / dt)
+                pps = int(max(0, c.pkts_dropped - p0) / dt)
+            entry.last_counters = (now, c.bytes_dropped, c.pkts_dropped)
+            r = entry.record
+            if (c.bytes_dropped, c.pkts_dropped, bps, pps) != (r.bytes_dropped, r.pkts_dropped,
+                                                                r.bps_dropped, r.pps_dropped):
+                entry.record = r.replace(bytes_dropped=c.bytes_dropped, pkts_dropped=c.pkts_dropped,
+                                         bps_dropped=bps, pps_dropped=pps, updated_at=now)
+                await self.store.update_counters(entry.cuid, entry.mid, bytes_dropped=c.bytes_dropped,
+                                                 pkts_dropped=c.pkts_dropped, bps_dropped=bps,
+                                                 pps_dropped=pps, updated_at=now)
+                self._notify(entry)
+
+    # -- status reporting (the resources turn this into messages) --------------------------
+    def status_members(self, entry: Entry, content: str = "a") -> dict[str, Any]:
+        """RFC 7951 members of one scope in a status response (§4.4.2; Table 2 ``c`` filter)."""
+        now = self.clock()
+        m, r = entry.machine, entry.record
+        out: dict[str, Any] = {"mid": entry.mid}
+        if content in ("a", "c"):
+            out.update(entry.members)
+        if content in ("a", "n"):
+            if r.mitigation_start is not None and m.state is not Status.ATTACK_MITIGATION_SIGNAL_LOSS:
+                out["mitigation-start"] = str(int(r.mitigation_start))
+            out["lifetime"] = m.remaining_lifetime(now)
+            out["status"] = (m.status or Status.ATTACK_MITIGATION_TERMINATED).yang
+            if m.conflict_status is not None:
+                out["conflict-information"] = {"conflict-status": ConflictStatus(m.conflict_status).yang}
+            out["bytes-dropped"] = str(r.bytes_dropped)
+            out["bps-dropped"] = str(r.bps_dropped)
+            out["pkts-dropped"] = str(r.pkts_dropped)
+            out["pps-dropped"] = str(r.pps_dropped)
+        elif content == "c":
+            out["lifetime"] = m.remaining_lifetime(now)
+        return out
