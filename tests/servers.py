@@ -1,0 +1,118 @@
+"""Test helpers: a DOTS server in a subprocess, raw CoAP clients, libcoap's coap-client.
+
+The subprocess server is the real ``dots server`` command (what operators run), so tests that
+kill it (``kill -9``) or drive it with independent clients exercise the shipped program.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import aiocoap
+
+from agent.pki import certificate_cuid, init_pki
+from agent.transports.credentials import Credentials
+from agent.transports.dtls import add_dtls_client
+from agent.transports.tls import add_tls_client
+
+DOTS = [sys.executable, "-m", "agent.cli"]
+COAP_CLIENT = shutil.which("coap-client-openssl")
+
+
+class ServerProcess:
+    """``dots server`` as a child process on free ports of 127.0.0.1 and ::1."""
+
+    def __init__(self, workdir: Path, *, extra: Sequence[str] = (), config: dict[str, Any] | None = None,
+                 port: int = 0, db: Path | None = None, env: dict[str, str] | None = None,
+                 prefix: Sequence[str] = ()) -> None:
+        self.workdir = workdir
+        self.pki = workdir / "pki"
+        init_pki(self.pki)
+        self.db = db or workdir / "server.db"
+        self.ready = workdir / "ready.json"
+        self.log = workdir / "server.log"
+        self.config_file = None
+        if config is not None:
+            self.config_file = workdir / "config.json"
+            self.config_file.write_text(json.dumps(config))
+        self.extra = list(extra)
+        self.port = port
+        self.env = env
+        self.prefix = list(prefix)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.addresses: dict[str, list[list[Any]]] = {}
+
+    def start(self, timeout: float = 20.0) -> ServerProcess:
+        self.ready.unlink(missing_ok=True)
+        argv = [*self.prefix, *DOTS, "-v", "server", "--pki", str(self.pki), "--listen", "127.0.0.1",
+                "--listen", "::1", "--port", str(self.port), "--db", str(self.db),
+                "--ready-file", str(self.ready), *self.extra]
+        if self.config_file:
+            argv += ["--config", str(self.config_file)]
+        env = {**os.environ, **(self.env or {})}
+        env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1]) + os.pathsep + env.get("PYTHONPATH", "")
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.ready.exists() and self.ready.stat().st_size:
+                self.addresses = json.loads(self.ready.read_text())
+                if self.port == 0:  # keep the same ports across restarts
+                    self.port = self.addresses["tls"][0][1]
+                return self
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited: {self.log.read_text()[-3000:]}")
+            time.sleep(0.05)
+        raise TimeoutError(f"server not ready: {self.log.read_text()[-3000:]}")
+
+    def port_of(self, transport: str, host: str = "127.0.0.1") -> int:
+        return next(p for h, p in self.addresses[transport] if h == host)
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> int:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            return self.proc.wait(20)
+        return self.proc.returncode if self.proc else 0
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    @property
+    def client_cuid(self) -> str:
+        return certificate_cuid(self.pki / "client.crt")
+
+    def uri(self, transport: str, path: str, host: str = "127.0.0.1") -> str:
+        scheme = "coaps+tcp" if transport == "tls" else "coaps"
+        h = f"[{host}]" if ":" in host else host
+        return f"{scheme}://{h}:{self.port_of(transport, host)}/.well-known/dots/{path}"
+
+
+async def raw_client(pki: Path, stem: str = "client") -> aiocoap.Context:
+    """An aiocoap context with our TLS and DTLS client transports and the given client cert."""
+    creds = Credentials(cert=pki / f"{stem}.crt", key=pki / f"{stem}.key", cafile=pki / "ca.crt")
+    ctx = aiocoap.Context()
+    await add_tls_client(ctx, creds)
+    await add_dtls_client(ctx, creds)
+    return ctx
+
+
+def coap_client(pki: Path, *args: str, timeout: float = 20, stem: str = "client") -> subprocess.CompletedProcess[bytes]:
+    """libcoap's coap-client-openssl with our dev PKI."""
+    assert COAP_CLIENT
+    argv = [COAP_CLIENT, "-c", str(pki / f"{stem}.crt"), "-j", str(pki / f"{stem}.key"), "-C", str(pki / "ca.crt"),
+            *args]
+    return subprocess.run(argv, capture_output=True, timeout=timeout, check=False)
