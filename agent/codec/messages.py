@@ -16,7 +16,6 @@ from __future__ import annotations
 import enum
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from agent.numbers import rfc9132
@@ -67,12 +66,31 @@ def new_root() -> Any:
     return _bindings.ietf_dots_signal_channel()
 
 
-@dataclass
 class Message:
-    """A decoded or to-be-encoded message: its case and the typed root object."""
+    """A decoded or to-be-encoded message: its case and the typed root object.
 
-    type: MessageType
-    root: Any
+    A decoded message keeps the validated RFC 7951 members it came from and builds the typed
+    objects only when ``root``/``signal`` is first used: libyang has already checked everything
+    the typed objects would, so a server that only reads the members skips that cost.  Once the
+    typed objects exist they are the source of truth (``members()`` dumps them).
+    """
+
+    __slots__ = ("type", "_root", "_members")
+
+    def __init__(self, type: MessageType, root: Any = None, members: dict[str, Any] | None = None) -> None:
+        self.type = type
+        self._root = root
+        self._members = members
+        if root is None and members is None:
+            self._root = new_root()
+
+    @property
+    def root(self) -> Any:
+        if self._root is None:
+            root = new_root()
+            tree.load(root.dots_signal, self._members or {}, "", MODULE)
+            self._root, self._members = root, None
+        return self._root
 
     @property
     def signal(self) -> Any:
@@ -86,6 +104,8 @@ class Message:
     # -- encoding --------------------------------------------------------------------
     def members(self) -> dict[str, Any]:
         """RFC 7951 members of this message's case."""
+        if self._root is None and self._members is not None:
+            return self._members
         return tree.dump(self.root.dots_signal, MODULE)
 
     def to_cbor(self) -> bytes:
@@ -135,7 +155,11 @@ def _reject_uri_keys(body: Any, where: str) -> None:
 
 def from_members(mtype: MessageType, members: dict[str, Any], direction: Direction,
                  path: str = "", check_yang: bool = True) -> Message:
-    """Build a message from RFC 7951 members of one case, validating on the way."""
+    """Build a message from RFC 7951 members of one case, validating on the way.
+
+    With ``check_yang`` libyang validates and the typed objects are built on first use; without
+    it (internal data) the typed objects are built at once, so their type checks still apply.
+    """
     _check_direction(mtype, members, direction, path)
     if check_yang:
         try:
@@ -147,9 +171,19 @@ def from_members(mtype: MessageType, members: dict[str, Any], direction: Directi
             except CodecError as typed_error:
                 raise typed_error from None
             raise yang_error from None
+        return Message(mtype, members=members)
     root = new_root()
     tree.load(root.dots_signal, members, path, MODULE)
     return Message(mtype, root)
+
+
+def encode_members(mtype: MessageType, members: dict[str, Any]) -> bytes:
+    """CBOR of a message whose RFC 7951 members the caller built from validated data.
+
+    The hot path of a server answering requests: it skips building typed objects.  Everything
+    the server sends this way is covered by tests that decode and libyang-validate it.
+    """
+    return cbor.dumps({mtype.key: cbor.json_to_map(members, f"/{mtype.value[1]}")})
 
 
 def _single_case(obj: Any, by: dict[Any, MessageType], what: str) -> tuple[MessageType, Any]:

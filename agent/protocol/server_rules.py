@@ -422,7 +422,7 @@ def decide_config_put(
         extra = sorted({a for s in sets for a in s.present() if a != "heartbeat_interval"})
         if extra:
             return Reject("4.00", f"not negotiable over a reliable transport: {', '.join(extra)}")
-    problems = [p for s in sets for a, v in s.present().items() if (p := acceptable.check(a, v))]
+    problems = list(dict.fromkeys(p for s in sets for a, v in s.present().items() if (p := acceptable.check(a, v))))
     if problems:
         return Reject("4.22", "; ".join(problems))  # SC-125
     if current_sid is not None and sid < current_sid:

@@ -4,19 +4,27 @@ Theory of operation
 -------------------
 Each request (cuid, mid) is an ``Entry``: the sans-I/O ``Mitigation`` state machine, the
 request's scope (RFC 7951 members), its ``Targets`` and the stored ``MitigationRecord``.
-``put``/``delete``/``get`` are called by the CoAP resources with decoded, authenticated input;
-``decide_mitigation_put`` (pure) decides, the machine transitions, and the effects it returns
-are carried out here in a fixed order: persist (the store returns once durable, before any
-answer leaves), then enforce (mitigator), then notify observers, then re-arm timers.
+``put``/``delete`` are called by the CoAP resources with decoded, authenticated input.
+
+A change happens in two halves:
+
+1. Under ``_lock`` and without awaiting anything: ``decide_mitigation_put`` (pure) decides
+   against the relevant requests, the machines transition, and the resulting work is queued in
+   order: store writes go to the store's single writer (which commits waiting writes together,
+   one fsync for many) and mitigator operations to the ``_enforcer`` queue (one consumer, so
+   apply/remove of a key can never be reordered).
+2. Outside the lock the caller awaits its own store write (the answer leaves only once the
+   request is durable) and its mitigator operation, then observers are notified.
+
+So concurrent requests from many clients share commits instead of queueing behind each
+other's fsync.  Decisions only look at the client's own requests and at other clients'
+requests whose prefixes intersect (``PrefixIndex``), not at every request the server holds.
 
 Timers: one ``loop.call_at`` handle per entry, re-armed on every ``ScheduleTimer`` effect.
 Counters: a poller reads the mitigator's counters every ``counter_interval`` seconds, derives
 bps/pps from the deltas, stores them and notifies observers when they changed.
-After a restart ``start`` rebuilds the entries from the store and ``reconcile``s the mitigator
+After a restart ``start`` rebuilds the entries from the store and ``reconcile``s the mitigators
 so that exactly the active requests are enforced.
-
-The lock serialises decisions: a decision reads the whole request set, so two PUTs must not
-interleave between the decision and its persistence.
 """
 
 from __future__ import annotations
@@ -45,6 +53,7 @@ from agent.protocol.targets import Targets
 from agent.store.interface import MitigationRecord, Store
 
 from . import scope as scopes
+from .index import PrefixIndex
 from .settings import ServerSettings
 
 log = logging.getLogger("dots.server")
@@ -68,6 +77,11 @@ class Entry:
     def key(self) -> str:
         return f"{self.cuid}/{self.mid}"
 
+    def existing(self, now: float) -> ExistingRequest:
+        m = self.machine
+        return ExistingRequest(self.cuid, self.mid, self.targets, m.trigger_mitigation, m.state,
+                               m.remaining_lifetime(now), client_id=self.cuid, granted_lifetime=m.granted_lifetime)
+
 
 @dataclass(frozen=True)
 class PutOutcome:
@@ -90,6 +104,15 @@ class Stats:
     deletes: int = 0
 
 
+@dataclass
+class Work:
+    """What one change left to await outside the lock."""
+
+    writes: list[asyncio.Future[Any]] = field(default_factory=list)
+    enforce: list[asyncio.Future[Any]] = field(default_factory=list)
+    notify: list[Entry] = field(default_factory=list)
+
+
 class MitigationService:
     def __init__(self, store: Store, mitigators: Callable[[str], Awaitable[Mitigator]],
                  settings: ServerSettings, *, clock: Callable[[], float] = time.time,
@@ -100,10 +123,14 @@ class MitigationService:
         self.clock = clock
         self.counter_interval = counter_interval
         self.entries: dict[tuple[str, int], Entry] = {}
+        self.by_client: dict[str, dict[int, Entry]] = {}
+        self.index = PrefixIndex()
         self.observers: list[Observer] = []
         self.stats = Stats()
         self._lock = asyncio.Lock()
         self._poller: asyncio.Task[None] | None = None
+        self._ops: asyncio.Queue[tuple[str, Entry, asyncio.Future[None]]] = asyncio.Queue()
+        self._enforcer: asyncio.Task[None] | None = None
 
     # -- start / stop ----------------------------------------------------------------------
     async def start(self) -> None:
@@ -114,25 +141,27 @@ class MitigationService:
         by_mitigator: dict[str, list[Any]] = {}
         for rec in await self.store.list_mitigations():
             entry = self._restore(rec)
-            self.entries[(rec.cuid, rec.mid)] = entry
+            self._add(entry)
             self._arm(entry)
-            if entry.machine.installed:
+            if entry.machine.installed and self._enforceable(entry):
                 by_mitigator.setdefault(entry.mitigator_name, []).append(self._action(entry))
-        names = set(by_mitigator) | {self.settings.mitigator}
-        for name in names:
+        for name in set(by_mitigator) | {self.settings.mitigator}:
             mitigator = await self._mitigator_for(name)
             await mitigator.reconcile(by_mitigator.get(name, []))
         if self.entries:
             log.info("restored %d mitigation request(s) from the store", len(self.entries))
-        self._poller = asyncio.get_running_loop().create_task(self._poll_counters())
+        loop = asyncio.get_running_loop()
+        self._enforcer = loop.create_task(self._enforce_loop())
+        self._poller = loop.create_task(self._poll_counters())
 
     async def stop(self) -> None:
-        if self._poller:
-            self._poller.cancel()
-            try:
-                await self._poller
-            except asyncio.CancelledError:
-                pass
+        for task in (self._poller, self._enforcer):
+            if task:
+                task.cancel()
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    pass
         for e in self.entries.values():
             if e.timer:
                 e.timer.cancel()
@@ -146,26 +175,49 @@ class MitigationService:
         m.granted_lifetime = rec.lifetime
         m.expires_at = rec.expires_at
         m.terminating_until = rec.terminating_until
-        entry = Entry(rec.cuid, rec.mid, m, members, scopes.targets_of(members), rec,
-                      mitigator_name=rec.mitigator or self.settings.mitigator)
-        return entry
+        return Entry(rec.cuid, rec.mid, m, members, scopes.targets_of(members), rec,
+                     mitigator_name=rec.mitigator or self.settings.mitigator)
 
-    # -- queries ---------------------------------------------------------------------------
+    # -- indexes -----------------------------------------------------------------------------
+    def _add(self, entry: Entry) -> None:
+        self.entries[(entry.cuid, entry.mid)] = entry
+        self.by_client.setdefault(entry.cuid, {})[entry.mid] = entry
+        self.index.add((entry.cuid, entry.mid), entry.targets.prefixes)
+
+    def _forget(self, entry: Entry) -> None:
+        if entry.timer:
+            entry.timer.cancel()
+            entry.timer = None
+        if self.entries.get((entry.cuid, entry.mid)) is entry:
+            del self.entries[(entry.cuid, entry.mid)]
+            self.index.remove((entry.cuid, entry.mid))
+            mine = self.by_client.get(entry.cuid, {})
+            mine.pop(entry.mid, None)
+            if not mine:
+                self.by_client.pop(entry.cuid, None)
+
     def of_client(self, cuid: str) -> list[Entry]:
-        return sorted((e for (c, _m), e in self.entries.items() if c == cuid), key=lambda e: e.mid)
+        return [e for _m, e in sorted(self.by_client.get(cuid, {}).items())]
 
     def get(self, cuid: str, mid: int) -> Entry | None:
         return self.entries.get((cuid, mid))
 
     def any_active(self, cuid: str) -> bool:
-        return any(e.machine.active for e in self.of_client(cuid))
+        return any(e.machine.active for e in self.by_client.get(cuid, {}).values())
 
-    def _existing(self) -> list[ExistingRequest]:
+    def _relevant(self, cuid: str, targets: Targets) -> list[ExistingRequest]:
+        """The client's own requests and other clients' requests that may overlap *targets*."""
         now = self.clock()
-        return [ExistingRequest(e.cuid, e.mid, e.targets, e.machine.trigger_mitigation, e.machine.state,
-                                e.machine.remaining_lifetime(now), client_id=e.cuid,
-                                granted_lifetime=e.machine.granted_lifetime)
-                for e in self.entries.values() if isinstance(e.machine.state, Status)]
+        out = [e.existing(now) for e in self.by_client.get(cuid, {}).values() if isinstance(e.machine.state, Status)]
+        keys = self.index.candidates(targets.prefixes)
+        if targets.fqdns or targets.uris:  # names overlap whatever their addresses
+            keys.update(k for k, e in self.entries.items() if (e.targets.fqdns & targets.fqdns)
+                        or (e.targets.uris & targets.uris))
+        for key in keys:
+            e = self.entries.get(key)  # type: ignore[arg-type]
+            if e is not None and e.cuid != cuid and isinstance(e.machine.state, Status):
+                out.append(e.existing(now))
+        return out
 
     # -- PUT -------------------------------------------------------------------------------
     async def put(self, cuid: str, mid: int, members: dict[str, Any], *, if_match: bool = False,
@@ -187,31 +239,37 @@ class MitigationService:
             return self._reject("4.00", "alias-name needs the DOTS data channel, which this server "
                                 "does not provide (RFC 9132 §4.4.1.3)")
         async with self._lock:
-            decision = decide_mitigation_put(req, self._existing(), policy=self.settings.policy(),
+            decision = decide_mitigation_put(req, self._relevant(cuid, targets), policy=self.settings.policy(),
                                              allowed_prefixes=client.prefixes)
             if isinstance(decision, Reject):
                 return self._reject(decision.code, decision.diagnostic, decision.conflict)
             if isinstance(decision, Ignore):
                 log.info("ignored PUT %s/%s: %s", cuid, mid, decision.reason)
                 return PutOutcome("2.04", decision.reason, ignored=True)
-            return await self._accept(cuid, mid, request, targets, decision, cdid, client.mitigator)
+            outcome, work = self._accept(cuid, mid, request, targets, decision, cdid, client.mitigator)
+        await self._finish(work)
+        entry = outcome.entry
+        assert entry is not None
+        log.info("PUT %s/%s -> %s (status %s, lifetime %s)", cuid, mid, outcome.code,
+                 entry.machine.status and int(entry.machine.status), outcome.lifetime)
+        return outcome
 
     def _reject(self, code: str, diagnostic: str, conflict: ConflictInfo | None = None) -> PutOutcome:
         self.stats.rejected[code] = self.stats.rejected.get(code, 0) + 1
         return PutOutcome(code, diagnostic, conflict=conflict)
 
-    async def _accept(self, cuid: str, mid: int, request: dict[str, Any], targets: Targets,
-                      decision: Accept, cdid: str | None, mitigator: str | None) -> PutOutcome:
+    def _accept(self, cuid: str, mid: int, request: dict[str, Any], targets: Targets, decision: Accept,
+                cdid: str | None, mitigator: str | None) -> tuple[PutOutcome, Work]:
         now = self.clock()
-        # Replaced lower mids of this client go first (SC-065), in one store transaction.
+        work = Work()
         removed: list[Entry] = []
-        for old_mid in decision.replaces:
+        for old_mid in decision.replaces:  # lower overlapping mids of this client go (SC-065)
             old = self.entries.get((cuid, old_mid))
             if old is not None:
                 old.machine.replaced(now, mid)
                 removed.append(old)
         entry = self.entries.get((cuid, mid))
-        if entry is None or decision.created and not decision.resumes_terminating:
+        if entry is None or (decision.created and not decision.resumes_terminating):
             machine = Mitigation(mid, trigger_mitigation=bool(request.get("trigger-mitigation", True)),
                                  terminating_period=self.settings.terminating_period,
                                  terminating_max=self.settings.terminating_max)
@@ -233,28 +291,26 @@ class MitigationService:
                 transition = machine.lifetime_renewed(now, decision.lifetime)
             self.stats.changed += 1
         entry.record = self._record(entry, now)
-        # deactivate overlapped preconfigured requests (SC-068)
         deactivated = []
-        for d in decision.deactivates:
+        for d in decision.deactivates:  # overlapped preconfigured requests step aside (SC-068)
             other = self.entries.get((cuid, d))
             if other is not None and other.machine.allowed(lifecycle.Event.SERVER_WITHDRAW):
                 other.machine.server_withdraw(now)
                 other.record = self._record(other, now)
                 deactivated.append(other)
-        await self.store.replace_mitigations([(cuid, e.mid) for e in removed],
-                                             [entry.record, *(d.record for d in deactivated)])
-        self.entries[(cuid, mid)] = entry
-        await self._effects(entry, transition.effects, persisted=True)
-        for old in removed:  # make-before-break: the new rules are in before the old go
+        work.writes.append(asyncio.ensure_future(self.store.replace_mitigations(
+            [(cuid, e.mid) for e in removed], [entry.record, *(d.record for d in deactivated)])))
+        self._add(entry)
+        self._plan(entry, transition.effects, work, persisted=True)
+        for old in removed:  # make-before-break: the new rules are queued before the old go
             self._forget(old)
-            await self._remove(old)
+            work.enforce.append(self._queue_op("remove", old))
+            work.notify.append(old)
         for d in deactivated:
-            await self._remove(d)
-            self._notify(d)
+            work.enforce.append(self._queue_op("remove", d))
+            work.notify.append(d)
         code = "2.01" if decision.created else "2.04"
-        log.info("PUT %s/%s -> %s (status %s, lifetime %s)", cuid, mid, code,
-                 entry.machine.status and int(entry.machine.status), decision.lifetime)
-        return PutOutcome(code, entry=entry, lifetime=decision.lifetime, conflict=decision.conflict)
+        return PutOutcome(code, entry=entry, lifetime=decision.lifetime, conflict=decision.conflict), work
 
     def _record(self, entry: Entry, now: float) -> MitigationRecord:
         m = entry.machine
@@ -277,13 +333,15 @@ class MitigationService:
             now = self.clock()
             transition = entry.machine.client_withdraw(now)
             entry.record = self._record(entry, now)
+            work = Work()
             if transition.state is lifecycle.GONE:
-                await self.store.delete_mitigation(cuid, mid)
+                work.writes.append(asyncio.ensure_future(self.store.delete_mitigation(cuid, mid)))
                 self._forget(entry)
             else:
-                await self.store.put_mitigation(entry.record)
-            await self._effects(entry, transition.effects, persisted=True)
-            log.info("DELETE %s/%s -> %s", cuid, mid, transition.state)
+                work.writes.append(asyncio.ensure_future(self.store.put_mitigation(entry.record)))
+            self._plan(entry, transition.effects, work, persisted=True)
+        await self._finish(work)
+        log.info("DELETE %s/%s -> %s", cuid, mid, transition.state)
 
     # -- timers, signal loss -------------------------------------------------------------
     def _arm(self, entry: Entry) -> None:
@@ -311,60 +369,100 @@ class MitigationService:
                 self._arm(entry)
                 return
             entry.record = self._record(entry, now)
-            await self._effects(entry, transition.effects)
+            work = Work()
+            self._plan(entry, transition.effects, work)
             if entry.machine.state is Status.ATTACK_MITIGATION_TERMINATED:
                 entry.machine.purge(now)
-                await self.store.delete_mitigation(entry.cuid, entry.mid)
+                work.writes.append(asyncio.ensure_future(self.store.delete_mitigation(entry.cuid, entry.mid)))
                 self._forget(entry)
+                work.notify.append(entry)
                 log.info("terminated %s/%s", entry.cuid, entry.mid)
+        await self._finish(work)
 
     async def signal_lost(self, cuid: str) -> None:
         """The client's session is gone: arm-on-loss requests (status 8) start (§4.4.1)."""
+        work = Work()
         async with self._lock:
             now = self.clock()
             for entry in self.of_client(cuid):
                 if entry.machine.state is Status.ATTACK_MITIGATION_SIGNAL_LOSS:
                     transition = entry.machine.signal_lost(now)
                     entry.record = self._record(entry, now)
-                    await self._effects(entry, transition.effects)
+                    self._plan(entry, transition.effects, work)
                     log.info("signal lost: activated %s/%s", cuid, entry.mid)
+        await self._finish(work)
 
     # -- effects ---------------------------------------------------------------------------
-    async def _effects(self, entry: Entry, effects: list[Any], *, persisted: bool = False) -> None:
-        notify = False
+    def _plan(self, entry: Entry, effects: list[Any], work: Work, *, persisted: bool = False) -> None:
+        """Queue what the machine's effects ask for (synchronously: called under the lock)."""
         for effect in effects:
             if isinstance(effect, lifecycle.Persist) and not persisted:
                 if effect.deleted:
-                    await self.store.delete_mitigation(entry.cuid, entry.mid)
+                    work.writes.append(asyncio.ensure_future(self.store.delete_mitigation(entry.cuid, entry.mid)))
                 else:
-                    await self.store.put_mitigation(entry.record)
-        for effect in effects:
-            if isinstance(effect, lifecycle.InstallMitigation):
-                await self._install(entry)
+                    work.writes.append(asyncio.ensure_future(self.store.put_mitigation(entry.record)))
+            elif isinstance(effect, lifecycle.InstallMitigation):
+                work.enforce.append(self._queue_op("apply", entry))
             elif isinstance(effect, lifecycle.RemoveMitigation):
-                await self._remove(entry)
+                work.enforce.append(self._queue_op("remove", entry))
             elif isinstance(effect, lifecycle.NotifyObservers):
-                notify = True
+                work.notify.append(entry)
             elif isinstance(effect, lifecycle.ScheduleTimer):
                 self._arm(entry)
-        if notify:
-            self._notify(entry)
+
+    async def _finish(self, work: Work) -> None:
+        """Durable first, then enforced, then observers (the caller answers after this)."""
+        if work.writes:
+            await asyncio.gather(*work.writes)
+        if work.enforce:
+            await asyncio.gather(*work.enforce)
+        seen: set[int] = set()
+        for entry in work.notify:
+            if id(entry) not in seen:
+                seen.add(id(entry))
+                self._notify(entry)
+
+    def _queue_op(self, op: str, entry: Entry) -> asyncio.Future[None]:
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._ops.put_nowait((op, entry, fut))
+        return fut
+
+    async def _enforce_loop(self) -> None:
+        """The one consumer of mitigator operations, so they happen in the order decided."""
+        while True:
+            op, entry, fut = await self._ops.get()
+            try:
+                if op == "apply":
+                    await self._install(entry)
+                else:
+                    await self._remove(entry)
+            except Exception:  # never lose the loop
+                log.exception("mitigator operation %s %s failed", op, entry.key)
+            if not fut.done():
+                fut.set_result(None)
+
+    @staticmethod
+    def _enforceable(entry: Entry) -> bool:
+        return bool(entry.targets.prefixes or entry.targets.source_prefixes)
 
     def _action(self, entry: Entry) -> Any:
         return scopes.action_of(entry.key, entry.targets, rate_limit_pps=self.settings.rate_limit_pps)
 
     async def _install(self, entry: Entry) -> None:
-        if not entry.targets.prefixes and not entry.targets.source_prefixes:
+        if not self._enforceable(entry):
             return  # nothing enforceable (e.g. only an FQDN that resolved to nothing)
         try:
             mitigator = await self._mitigator_for(entry.mitigator_name)
             await mitigator.apply(self._action(entry))
         except (MitigatorError, OSError, ValueError) as exc:
             log.error("mitigator %s failed for %s: %s", entry.mitigator_name, entry.key, exc)
-            if entry.machine.allowed(lifecycle.Event.REPORT_CAPACITY_EXCEEDED):
-                entry.machine.mitigator_reports(self.clock(), Status.ATTACK_EXCEEDED_CAPABILITY)
-                entry.record = self._record(entry, self.clock())
-                await self.store.put_mitigation(entry.record)
+            async with self._lock:
+                if entry.machine.allowed(lifecycle.Event.REPORT_CAPACITY_EXCEEDED) and \
+                        self.entries.get((entry.cuid, entry.mid)) is entry:
+                    entry.machine.mitigator_reports(self.clock(), Status.ATTACK_EXCEEDED_CAPABILITY)
+                    entry.record = self._record(entry, self.clock())
+                    await self.store.put_mitigation(entry.record)
+            self._notify(entry)
 
     async def _remove(self, entry: Entry) -> None:
         try:
@@ -372,12 +470,6 @@ class MitigationService:
             await mitigator.remove(entry.key)
         except (MitigatorError, OSError) as exc:
             log.error("mitigator %s could not remove %s: %s", entry.mitigator_name, entry.key, exc)
-
-    def _forget(self, entry: Entry) -> None:
-        if entry.timer:
-            entry.timer.cancel()
-        self.entries.pop((entry.cuid, entry.mid), None)
-        self._notify(entry)
 
     def _notify(self, entry: Entry) -> None:
         for obs in list(self.observers):
@@ -397,7 +489,7 @@ class MitigationService:
 
     async def refresh_counters(self) -> None:
         now = self.clock()
-        for entry in [e for e in self.entries.values() if e.machine.installed]:
+        for entry in [e for e in self.entries.values() if e.machine.installed and self._enforceable(e)]:
             try:
                 mitigator = await self._mitigator_for(entry.mitigator_name)
                 c = await mitigator.counters(entry.key)

@@ -27,7 +27,7 @@ from aiocoap import numbers as coap
 from aiocoap.resource import PathCapable, Resource
 
 from agent.codec import CodecError, Direction, MessageType, decode_cbor
-from agent.codec.messages import from_members
+from agent.codec.messages import encode_members
 from agent.numbers import rfc9132
 from agent.protocol.server_rules import ConflictInfo, Reject, decide_config_put
 from agent.transports.identity import peer_cuid
@@ -63,9 +63,8 @@ def dots(code: coap.Code, body: bytes, **opts: Any) -> Message:
 
 
 def scopes_body(scopes: list[dict[str, Any]]) -> bytes:
-    """A mitigation-scope message, built through the typed objects."""
-    return from_members(MessageType.MITIGATION, {"scope": scopes}, Direction.RESPONSE,
-                        check_yang=False).to_cbor()
+    """A mitigation-scope response from validated request data and server state."""
+    return encode_members(MessageType.MITIGATION, {"scope": scopes})
 
 
 def conflict_members(info: ConflictInfo) -> dict[str, Any]:
@@ -112,6 +111,7 @@ class Observation:
     last_sent: float = 0.0
     pending: asyncio.TimerHandle | None = None
     last_payload: bytes = b""
+    final: Entry | None = None  # the observed request ended: send its last status and stop
 
 
 @dataclass
@@ -320,8 +320,7 @@ class DotsResource(Resource, PathCapable):
         ranges = dict(self.settings.acceptable.ranges) if sid is None else None
         members = {"mitigating-config": config_members(cfg.mitigating, ranges),
                    "idle-config": config_members(cfg.idle, ranges)}
-        return from_members(MessageType.SIGNAL_CONFIG, members, Direction.RESPONSE,
-                             check_yang=False).to_cbor()
+        return encode_members(MessageType.SIGNAL_CONFIG, members)
 
     async def _config_put(self, request: Message, params: tuple[str, ...]) -> Message:
         cuid = await self._identify(request)
@@ -336,8 +335,9 @@ class DotsResource(Resource, PathCapable):
         if isinstance(decision, Reject):
             code = coap.UNPROCESSABLE_ENTITY if decision.code == "4.22" else coap.BAD_REQUEST
             raise Refused(code, decision.diagnostic)
-        if not hasattr(decision, "config"):  # Ignore: a stale (lower) sid
-            return Message(code=coap.CHANGED)
+        if not hasattr(decision, "config"):  # a stale (lower) sid: say so rather than pretend
+            raise Refused(coap.BAD_REQUEST, f"sid {p.sid} is lower than the current sid {current_sid} "
+                          "(sid must increase, RFC 9132 §4.5.2); DELETE /config to start over")
         assert p.sid is not None
         await self.sessions.set_config(cuid, p.sid, decision.config)
         self._config_changed(cuid)
@@ -397,8 +397,11 @@ class DotsResource(Resource, PathCapable):
             self.observations.remove(obs)
 
     def _mitigation_changed(self, entry: Entry) -> None:
+        gone = self.service.get(entry.cuid, entry.mid) is not entry
         for obs in list(self.observations):
             if obs.kind == "mitigate" and obs.cuid == entry.cuid and obs.mid in (None, entry.mid):
+                if gone and obs.mid is not None:
+                    obs.final = entry
                 self._schedule(obs)
 
     def _config_changed(self, cuid: str) -> None:
@@ -419,12 +422,14 @@ class DotsResource(Resource, PathCapable):
             return
         try:
             if obs.kind == "mitigate":
+                if obs.final is not None:  # the request is gone: its last status ends the observation
+                    last = dots(coap.CONTENT, scopes_body([self.service.status_members(obs.final, obs.content)]))
+                    last.mtype = aiocoap.NON
+                    obs.pipe.add_response(last, is_last=True)
+                    self._drop(obs)
+                    return
                 body = self._status_body(obs.cuid, obs.mid, obs.content)
                 if body is None:
-                    if obs.mid is not None:  # the request is gone: end the observation
-                        obs.pipe.add_response(error(coap.NOT_FOUND, f"mitigation {obs.mid} ended"),
-                                              is_last=True)
-                        self._drop(obs)
                     return
             else:
                 body = await self._config_body(obs.cuid, obs.mid)

@@ -13,6 +13,7 @@ The cuid is RFC 9132 §4.4.1.1's, derived from the leaf certificate's SubjectPub
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from typing import Any
 
@@ -51,10 +52,18 @@ def peer_certificate(remote: Any) -> bytes | None:
     return der or None
 
 
+@functools.lru_cache(maxsize=4096)
+def _cuid_of_der(der: bytes) -> str:
+    return cuid_from_certificate(der)
+
+
 def peer_cuid(remote: Any) -> str | None:
-    """RFC 9132 cuid of the peer's certificate, or None when there is no certificate."""
+    """RFC 9132 cuid of the peer's certificate, or None when there is no certificate.
+
+    Parsing the certificate costs tens of microseconds, so results are cached by certificate.
+    """
     der = peer_certificate(remote)
-    return cuid_from_certificate(der) if der is not None else None
+    return _cuid_of_der(der) if der is not None else None
 
 
 def peer_psk_identity(remote: Any) -> bytes | None:

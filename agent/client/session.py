@@ -1,0 +1,766 @@
+"""The DOTS client: mitigation requests, status, Observe, session configuration, heartbeats.
+
+Theory of operation
+-------------------
+A :class:`DotsClient` owns one signal channel session at a time (a
+:class:`~agent.client.connection.Connection`, made by the ``Connector`` seam) and a background
+task that keeps it alive:
+
+* **Requests.**  Mitigation requests (PUT/GET/DELETE on ``mitigate``) are Non-confirmable over
+  DTLS and repeated until a response arrives (RFC 9132 §4.4), paced by ``client_pacing``: a
+  shared :class:`NonPacer` allows at most one NON every 3 s until an RTT estimate exists
+  (SC-014; the connect-time Confirmable ``GET /config`` provides the first estimate, so a first
+  mitigation request normally leaves at once) and one per SRTT afterwards (SC-013).  Every
+  repetition is a fresh CoAP request (PUT is idempotent at the server: a repeat is a 2.04
+  refresh); the first answer wins.  Session configuration requests are Confirmable with the
+  negotiated ack-timeout / ack-random-factor / max-retransmit (SC-117, ``agent.tuning``).  Over
+  TLS every request is sent once (the transport is reliable).
+* **Identifiers.**  'mid' and 'sid' come from :class:`~agent.client.state.ClientState`
+  (monotonic, SC-031/SC-119; mid rollover SC-032), which also keeps each request's parameters
+  so :meth:`DotsClient.refresh` and :meth:`DotsClient.efficacy_update` repeat them unchanged
+  (SC-073, SC-098).  When the state knows no mid yet, the server is asked which mids it still
+  holds for our cuid so a lost state file does not make us reuse one.
+* **Heartbeats (§4.7).**  The :class:`Liveness` machine (role DOTS client) decides: a NON
+  ``PUT /hb`` with 'peer-hb-status' every heartbeat-interval; a 2.04 (or any other traffic
+  from the server) proves the session alive.  The server's own heartbeat PUTs are answered
+  2.04 by the client's CoAP site.  On ``SessionLost`` the session is closed and re-established
+  (resuming (D)TLS where possible, SC-143) no more often than every 60 s (SC-144,
+  ``ReconnectBackoff``).  Link saturation (``DEGRADED``) keeps the session (SC-146/147); the
+  parallel session of SC-148 is not opened yet.
+* **Observe.**  :meth:`DotsClient.watch` registers with ``Observe: 0`` and yields every
+  notification; after a reconnection it registers again on the new session.
+* **Configuration freshness.**  A non-zero Max-Age on a config answer schedules a re-GET of
+  the configuration before it expires, except while mitigations are active (SC-129, SC-130).
+
+Example::
+
+    from agent.client import DotsClient
+    from agent.transports.credentials import Credentials
+
+    creds = Credentials.from_pki_dir("pki", "client")
+    async with DotsClient("dots.example.net", creds, transport="auto", state="state.json") as c:
+        result = await c.mitigate(target_prefixes=["192.0.2.0/24"], ports=[80, (1000, 2000)],
+                                  protocols=[6], lifetime=3600)
+        print(result.mid, result.code, result.lifetime)
+        async for update in c.watch(result.mid):
+            print(update.scopes[0]["status"])
+            if update.final or update.scopes[0]["status"] == "attack-successfully-mitigated":
+                break
+        await c.withdraw(result.mid)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import aiocoap
+from aiocoap import error as coap_error
+from aiocoap import numbers as coap
+from aiocoap.resource import Resource, Site
+
+from agent.codec import CodecError, Direction, Message, MessageType, decode_cbor
+from agent.codec import cbor as codec_cbor
+from agent.codec.messages import from_members
+from agent.numbers import rfc9132
+from agent.pki import certificate_cuid
+from agent.protocol.client_pacing import GiveUp, NonPacer, NonRequest
+from agent.protocol.session import (
+    Liveness,
+    Phase,
+    Reconnect,
+    Role,
+    SendHeartbeat,
+    SessionConfig,
+    SessionLost,
+)
+from agent.transports.credentials import Credentials
+from agent.tuning import tuning
+
+from .connection import Connection, Connector, DotsConnectionError, parse_server
+from .results import (
+    CONFIG_NAMES,
+    DECIMAL_ATTRS,
+    ConfigResult,
+    ConflictInformation,
+    DotsError,
+    MitigationResult,
+    StatusUpdate,
+    session_config_from,
+)
+from .state import ClientState
+
+log = logging.getLogger("dots.client")
+CF = rfc9132.CONTENT_FORMAT_DOTS_CBOR
+ATTACK_STATUSES = ("under-attack", "attack-successfully-mitigated")
+Port = int | tuple[int, int]
+
+
+def _code(msg: aiocoap.Message) -> str:
+    return str(msg.code.dotted)
+
+
+def _diagnostic(msg: aiocoap.Message) -> str:
+    if msg.opt.content_format == CF:
+        return ""
+    return msg.payload.decode("utf-8", "replace").strip()
+
+
+def _members(msg: aiocoap.Message) -> dict[str, Any]:
+    """RFC 7951 members of a dots+cbor payload ({} when there is none).
+
+    Validated through the codec; a body the YANG validation refuses (e.g. the partial scope
+    of a 4.09 answer) is still read through the codec's CBOR-to-JSON mapping.
+    """
+    if not msg.payload or msg.opt.content_format != CF:
+        return {}
+    try:
+        return decode_cbor(msg.payload, Direction.RESPONSE).members()
+    except CodecError as exc:
+        log.debug("response body does not validate (%s); reading it without YANG checks", exc)
+        try:
+            obj = codec_cbor.loads(msg.payload)
+            for mtype in MessageType:
+                if isinstance(obj, dict) and mtype.key in obj:
+                    return codec_cbor.map_to_json(obj[mtype.key], f"/{mtype.value[1]}")
+        except CodecError:
+            pass
+        raise DotsError(_code(msg), f"undecodable response body: {exc}") from None
+
+
+def _raise_for(msg: aiocoap.Message) -> None:
+    if msg.code.is_successful():
+        return
+    members = _members(msg) if msg.opt.content_format == CF else {}
+    conflict = None
+    for scope in members.get("scope", []):
+        conflict = ConflictInformation.from_members(scope.get("conflict-information")) or conflict
+    diagnostic = _diagnostic(msg) or (conflict.describe() if conflict else "")
+    raise DotsError(_code(msg), diagnostic, conflict=conflict, max_age=msg.opt.max_age)
+
+
+def _scope_message(scope: dict[str, Any]) -> bytes:
+    """A one-scope mitigation request through the codec (checks it like the server will)."""
+    return from_members(MessageType.MITIGATION, {"scope": [scope]}, Direction.REQUEST).to_cbor()
+
+
+def build_scope(target_prefixes: Iterable[str] = (), ports: Iterable[Port] = (), protocols: Iterable[int] = (),
+                fqdns: Iterable[str] = (), uris: Iterable[str] = (), aliases: Iterable[str] = (),
+                lifetime: int | None = rfc9132.DEFAULT_LIFETIME,
+                trigger_mitigation: bool | None = None) -> dict[str, Any]:
+    """RFC 7951 members of one request scope, built through the typed objects."""
+    msg = Message.new(MessageType.MITIGATION)
+    s = msg.signal.scope[msg.signal.scope.add()]
+    for p in target_prefixes:
+        s.target_prefix.append(str(p))
+    for port in ports:
+        lo, hi = (port, port) if isinstance(port, int) else port
+        entry = s.target_port_range.add(int(lo))
+        if hi != lo:
+            entry._set_upper_port(int(hi))
+    for proto in protocols:
+        s.target_protocol.append(int(proto))
+    for f in fqdns:
+        s.target_fqdn.append(f)
+    for u in uris:
+        s.target_uri.append(u)
+    for a in aliases:
+        s.alias_name.append(a)
+    if lifetime is not None:
+        s._set_lifetime(int(lifetime))
+    if trigger_mitigation is not None:
+        s._set_trigger_mitigation(bool(trigger_mitigation))
+    scope: dict[str, Any] = msg.members()["scope"][0]
+    if not any(k in scope for k in ("target-prefix", "target-fqdn", "target-uri", "alias-name")):
+        raise ValueError("a mitigation request needs at least one target prefix, FQDN, URI or alias")
+    return scope
+
+
+class _HeartbeatResource(Resource):
+    """``/.well-known/dots/hb`` on the client side: the server's heartbeats (§4.7), answered 2.04."""
+
+    def __init__(self, on_heartbeat: Callable[[bool], None]) -> None:
+        super().__init__()
+        self.on_heartbeat = on_heartbeat
+
+    async def render_put(self, request: aiocoap.Message) -> aiocoap.Message:
+        if request.opt.content_format != CF:
+            return aiocoap.Message(code=coap.UNSUPPORTED_CONTENT_FORMAT, payload=b"application/dots+cbor expected")
+        try:
+            msg = decode_cbor(request.payload, Direction.REQUEST, expect=MessageType.HEARTBEAT)
+        except CodecError as exc:
+            return aiocoap.Message(code=coap.BAD_REQUEST, payload=str(exc).encode()[:256])
+        self.on_heartbeat(bool(msg.members().get("peer-hb-status")))
+        return aiocoap.Message(code=coap.CHANGED)
+
+
+class _Backoff:
+    """``ReconnectBackoff`` timing, optionally compressed for tests (see ``reconnect_min_interval``)."""
+
+    def __init__(self, min_interval: float) -> None:
+        from agent.protocol.session import ReconnectBackoff
+
+        self.min_interval = min_interval
+        self.scale = min(1.0, min_interval / rfc9132.RECONNECT_MIN_INTERVAL)
+        self.backoff = ReconnectBackoff(min_interval=max(min_interval, rfc9132.RECONNECT_MIN_INTERVAL))
+
+    def failed(self) -> float:
+        return self.backoff.failed(random.random() * 0.25) * self.scale
+
+    def succeeded(self) -> None:
+        self.backoff.succeeded()
+
+
+class DotsClient:
+    """An RFC 9132 DOTS client bound to one server (see the module docstring).
+
+    ``server``: ``"host"``, ``"host:port"``, ``"[v6]:port"`` or ``(host, port)`` (port 4646 by
+    default).  ``transport``: ``"tls"``, ``"dtls"`` or ``"auto"`` (DTLS, then TLS).  ``state``:
+    a :class:`ClientState`, a path to its JSON file, or None (memory only).
+    ``request_timeout``: seconds a request is repeated before :class:`DotsConnectionError`.
+    ``reconnect_min_interval``: minimum seconds between session re-establishment attempts;
+    RFC 9132 requires >= 60 (SC-144), smaller values are for tests only.
+    """
+
+    def __init__(self, server: str | tuple[str, int], credentials: Credentials, transport: str = "auto", *,
+                 state: ClientState | str | Path | None = None, heartbeats: bool = True,
+                 request_timeout: float = 60.0, connect_timeout: float = 10.0,
+                 auto_dtls_timeout: float = 3.0,
+                 reconnect_min_interval: float = rfc9132.RECONNECT_MIN_INTERVAL) -> None:
+        self.host, self.port = parse_server(server)
+        self.credentials = credentials
+        self.cuid = certificate_cuid(credentials.cert)
+        self.state = state if isinstance(state, ClientState) else ClientState(state)
+        self.heartbeats = heartbeats
+        self.request_timeout = request_timeout
+        self.reconnect_min_interval = reconnect_min_interval
+        self._connector = Connector(self.host, self.port, credentials, transport,
+                                    connect_timeout=connect_timeout, auto_dtls_timeout=auto_dtls_timeout)
+        self._site = Site()
+        self._site.add_resource([*rfc9132.WELL_KNOWN, rfc9132.PATH_HEARTBEAT],
+                                _HeartbeatResource(self._peer_heartbeat))
+        self._conn: Connection | None = None
+        self._connected = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._lost_reason: str | None = None
+        self._closing = False
+        self._generation = 0
+        self._last_attempt = 0.0
+        self._backoff = _Backoff(reconnect_min_interval)
+        self._pacer = NonPacer()
+        self.session_config = SessionConfig()
+        self.liveness: Liveness | None = None
+        self._config_refresh_at: float | None = None
+        self._runner: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._mid_synced = False
+        self._sid_negotiated = False
+        self.heartbeats_sent = 0
+        self.heartbeats_answered = 0
+        self.heartbeats_received = 0
+
+    # -- lifecycle --------------------------------------------------------------------
+    async def __aenter__(self) -> DotsClient:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def transport(self) -> str | None:
+        """The transport of the current session ("tls"/"dtls"), None while disconnected."""
+        return self._conn.transport if self._conn is not None else None
+
+    @property
+    def connected(self) -> bool:
+        return self._conn is not None
+
+    @property
+    def generation(self) -> int:
+        """Incremented on every (re-)established session."""
+        return self._generation
+
+    async def connect(self) -> None:
+        """Establish the first session (raises :class:`DotsConnectionError`)."""
+        self._last_attempt = time.monotonic()
+        conn = await self._connector.connect(self._site, self._tx_config())
+        self._install(conn)
+        self._runner = asyncio.get_running_loop().create_task(self._run(), name="DOTS client session")
+
+    async def close(self) -> None:
+        self._closing = True
+        self._wake.set()
+        tasks = [t for t in (self._runner, *self._tasks) if t is not None]
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            try:
+                await t
+            except (asyncio.CancelledError, Exception):
+                pass
+        if self._conn is not None:
+            await self._conn.close()
+            self._conn = None
+        self._connected.clear()
+
+    def _tx_config(self) -> Any:
+        return self.session_config.for_activity(self._mitigating())
+
+    def _mitigating(self) -> bool:
+        return bool(self.state.active(self.cuid))
+
+    def _install(self, conn: Connection) -> None:
+        self._conn = conn
+        self._generation += 1
+        now = time.monotonic()
+        if conn.probe.code.is_successful():
+            self.session_config = session_config_from(_members(conn.probe))
+            self._schedule_config_refresh(conn.probe)
+        if conn.probe_rtt < float(self._tx_config().ack_timeout):  # sent once: a valid RTT sample
+            self._pacer.rtt.sample(conn.probe_rtt)
+        self.liveness = Liveness(Role.CLIENT, self.session_config, now, reliable=conn.reliable,
+                                 mitigating=self._mitigating(), send_heartbeats=self.heartbeats)
+        self._connected.set()
+        self._wake.set()
+
+    def _schedule_config_refresh(self, response: aiocoap.Message) -> None:
+        max_age = response.opt.max_age
+        if max_age is None:
+            max_age = rfc9132.DEFAULT_CONFIG_MAX_AGE
+        # SC-129: re-GET before it expires (a little before: 90 %); 0 means "this answer only"
+        self._config_refresh_at = time.monotonic() + 0.9 * max_age if max_age > 0 else None
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- background: heartbeats, loss, reconnection, config refresh --------------------
+    async def _run(self) -> None:
+        while not self._closing:
+            if self._conn is None or self._lost_reason is not None:
+                await self._reestablish(self._lost_reason or "no session")
+                continue
+            deadlines = [d for d in (self.liveness.next_deadline() if self.liveness and self.heartbeats else None,
+                                     self._config_refresh_at) if d is not None]
+            timeout = max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            if self._closing or self._lost_reason is not None or self._conn is None:
+                continue
+            now = time.monotonic()
+            if self._config_refresh_at is not None and now >= self._config_refresh_at:
+                self._config_refresh_at = None
+                if not self._mitigating():  # SC-130: no refresh while an attack is being mitigated
+                    self._spawn(self._refresh_config())
+            if self.liveness is not None and self.heartbeats:
+                self._effects(self.liveness.tick(now))
+
+    def _effects(self, effects: Iterable[Any]) -> None:
+        for effect in effects:
+            if isinstance(effect, SendHeartbeat):
+                self._spawn(self._send_heartbeat(effect.peer_hb_status, self._conn))
+            elif isinstance(effect, SessionLost):
+                self._session_broken(self._conn, effect.reason)
+            elif isinstance(effect, Reconnect) and effect.parallel:
+                log.warning("heartbeats unanswered while mitigating: keeping the session (SC-146); "
+                            "a parallel session (SC-148) is not implemented")
+
+    async def _send_heartbeat(self, status: bool, conn: Connection | None) -> None:
+        if conn is None or self.liveness is None:
+            return
+        msg = Message.new(MessageType.HEARTBEAT)
+        msg.signal._set_peer_hb_status(status)
+        request = aiocoap.Message(code=coap.PUT, uri=conn.uri(rfc9132.PATH_HEARTBEAT), payload=msg.to_cbor(),
+                                  content_format=CF, transport_tuning=tuning(self._tx_config(), False))
+        self.heartbeats_sent += 1
+        liveness = self.liveness
+        try:
+            response = await asyncio.wait_for(conn.context.request(request).response,
+                                              max(1.0, float(liveness.config.heartbeat_interval)))
+        except (TimeoutError, coap_error.Error, OSError) as exc:
+            log.debug("heartbeat unanswered: %s", exc)
+            return
+        if response.code == coap.CHANGED and liveness is self.liveness:
+            self.heartbeats_answered += 1
+            self._effects(liveness.heartbeat_response(time.monotonic()))
+
+    def _peer_heartbeat(self, peer_hb_status: bool) -> None:
+        self.heartbeats_received += 1
+        if self.liveness is not None:
+            self._effects(self.liveness.heartbeat_received(peer_hb_status, time.monotonic()))
+
+    def _traffic(self, conn: Connection) -> None:
+        if conn is self._conn and self.liveness is not None:
+            self._effects(self.liveness.any_traffic(time.monotonic()))
+
+    def _session_broken(self, conn: Connection | None, reason: str) -> None:
+        if conn is not None and conn is self._conn and self._lost_reason is None and not self._closing:
+            log.warning("signal channel session lost: %s", reason)
+            self._lost_reason = reason
+            self._connected.clear()
+            self._wake.set()
+
+    async def _reestablish(self, reason: str) -> None:
+        old, self._conn = self._conn, None
+        self._lost_reason = None
+        self._connected.clear()
+        if old is not None:
+            await old.close()
+        delay = 0.0
+        while not self._closing:
+            # SC-144: never closer than the minimum interval to the previous attempt
+            wait = max(delay, self._last_attempt + self.reconnect_min_interval - time.monotonic())
+            if wait > 0:
+                log.info("re-establishing the signal channel in %.1f s (%s)", wait, reason)
+                await asyncio.sleep(wait)
+            self._last_attempt = time.monotonic()
+            try:
+                conn = await self._connector.connect(self._site, self._tx_config())
+            except DotsConnectionError as exc:
+                delay = self._backoff.failed()
+                reason = str(exc)
+                continue
+            self._backoff.succeeded()
+            self._install(conn)
+            return
+
+    async def _refresh_config(self) -> None:
+        try:
+            await self.get_config(self.state.last_sid(self.cuid) if self._sid_negotiated else None)
+        except (DotsError, DotsConnectionError) as exc:
+            log.info("configuration refresh failed: %s", exc)
+
+    # -- request machinery ------------------------------------------------------------
+    async def _wait_connected(self, deadline: float) -> Connection:
+        while self._conn is None or self._lost_reason is not None:
+            if self._closing:
+                raise DotsConnectionError("client closed")
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise DotsConnectionError(f"no signal channel session to {self.host}:{self.port}")
+            try:
+                await asyncio.wait_for(self._connected.wait(), remaining)
+            except TimeoutError:
+                pass
+        return self._conn
+
+    async def _request(self, method: coap.Code, *segments: str, payload: bytes | None = None,
+                       query: Sequence[str] = (), if_match: bool = False, confirmable: bool = False,
+                       observe: bool = False, timeout: float | None = None
+                       ) -> tuple[aiocoap.Message, Any]:
+        """Send until answered; returns (response, aiocoap request).  Transport failures
+        re-establish the session and retry until *timeout*; then DotsConnectionError."""
+        deadline = time.monotonic() + (self.request_timeout if timeout is None else timeout)
+        while True:
+            conn = await self._wait_connected(deadline)
+
+            def make(conn: Connection = conn) -> aiocoap.Message:
+                msg = aiocoap.Message(code=method, uri=conn.uri(*segments),
+                                      transport_tuning=tuning(self._tx_config(), confirmable))
+                if query:
+                    msg.opt.uri_query = tuple(query)
+                if payload is not None:
+                    msg.payload = payload
+                    msg.opt.content_format = CF
+                if if_match:
+                    msg.opt.if_match = [b""]
+                if observe:
+                    msg.opt.observe = 0
+                return msg
+
+            try:
+                if conn.reliable or confirmable:
+                    result = await self._once(conn, make, deadline)
+                else:
+                    result = await self._non(conn, make, deadline)
+            except _Broken as exc:
+                self._session_broken(conn, exc.reason)
+                continue
+            self._traffic(conn)
+            return result
+
+    async def _once(self, conn: Connection, make: Callable[[], aiocoap.Message], deadline: float
+                    ) -> tuple[aiocoap.Message, Any]:
+        req = conn.context.request(make())
+        try:
+            response = await asyncio.wait_for(asyncio.shield(req.response), max(0.0, deadline - time.monotonic()))
+        except TimeoutError:
+            req.response.cancel()
+            raise DotsConnectionError(f"no answer from {self.host}:{self.port}") from None
+        except (coap_error.Error, OSError) as exc:
+            raise _Broken(str(exc) or type(exc).__name__) from None
+        return response, req
+
+    async def _non(self, conn: Connection, make: Callable[[], aiocoap.Message], deadline: float
+                   ) -> tuple[aiocoap.Message, Any]:
+        nr = NonRequest(self._pacer, time.monotonic(), deadline=deadline)
+        pending: list[Any] = []
+        try:
+            while True:
+                now = time.monotonic()
+                step = nr.next_send(now)
+                send_at = deadline if isinstance(step, GiveUp) else step.at
+                if isinstance(step, GiveUp) and not pending or now >= deadline:
+                    raise DotsConnectionError(f"no answer from {self.host}:{self.port} "
+                                              f"after {len(nr.sends)} transmission(s)")
+                if send_at > now:
+                    if pending:
+                        done, _ = await asyncio.wait([r.response for r in pending], timeout=send_at - now,
+                                                     return_when=asyncio.FIRST_COMPLETED)
+                        for req in [r for r in pending if r.response in done]:
+                            pending.remove(req)
+                            exc = req.response.exception()
+                            if exc is None:
+                                nr.response(time.monotonic())
+                                return req.response.result(), req
+                            if not pending:
+                                raise _Broken(str(exc) or type(exc).__name__)
+                        continue
+                    await asyncio.sleep(send_at - now)
+                    continue
+                if isinstance(step, GiveUp):
+                    continue
+                pending.append(conn.context.request(make()))
+                nr.sent(time.monotonic())
+        finally:
+            for req in pending:
+                req.response.cancel()
+                if req.observation is not None and not req.observation.cancelled:
+                    req.observation.cancel()
+
+    # -- identifiers ----------------------------------------------------------------------
+    async def _allocate_mid(self) -> int:
+        if not self._mid_synced and self.state.last_mid(self.cuid) is None:
+            # A fresh state: never reuse a mid the server still holds for this cuid.
+            try:
+                held = [int(s["mid"]) for s in await self.status() if "mid" in s]
+            except DotsError:
+                held = []
+            if held:
+                self.state.raise_mid_floor(self.cuid, max(held))
+        self._mid_synced = True
+        return self.state.allocate_mid(self.cuid)
+
+    def _activity_changed(self) -> None:
+        if self.liveness is not None and self.liveness.phase is not Phase.LOST:
+            self._effects(self.liveness.set_activity(time.monotonic(), mitigating=self._mitigating()))
+
+    # -- mitigation API ---------------------------------------------------------------------
+    async def mitigate(self, target_prefixes: Iterable[str] = (), ports: Iterable[Port] = (),
+                       protocols: Iterable[int] = (), fqdns: Iterable[str] = (), uris: Iterable[str] = (),
+                       lifetime: int = rfc9132.DEFAULT_LIFETIME, trigger_mitigation: bool = True, *,
+                       aliases: Iterable[str] = (), mid: int | None = None) -> MitigationResult:
+        """Request mitigation (PUT mitigate/cuid/mid, §4.4.1); raises DotsError (e.g. 4.09 + conflict)."""
+        scope = build_scope(target_prefixes, ports, protocols, fqdns, uris, aliases, lifetime,
+                            trigger_mitigation)
+        if mid is None:
+            mid = await self._allocate_mid()
+        return await self._put_scope(mid, scope, created_ok=True)
+
+    async def _put_scope(self, mid: int, scope: dict[str, Any], *, if_match: bool = False,
+                         created_ok: bool = True) -> MitigationResult:
+        payload = _scope_message(scope)
+        response, _ = await self._request(coap.PUT, rfc9132.PATH_MITIGATE, f"cuid={self.cuid}", f"mid={mid}",
+                                          payload=payload, if_match=if_match)
+        _raise_for(response)
+        members = _members(response)
+        answer = (members.get("scope") or [{}])[0]
+        lifetime = answer.get("lifetime")
+        result = MitigationResult(mid, _code(response), int(lifetime) if lifetime is not None else None,
+                                  ConflictInformation.from_members(answer.get("conflict-information")))
+        request = {k: v for k, v in scope.items() if k != "attack-status"}
+        self.state.remember(self.cuid, mid, request,
+                            result.lifetime if result.lifetime is not None else scope.get("lifetime"))
+        self._activity_changed()
+        return result
+
+    def _stored_scope(self, mid: int) -> dict[str, Any]:
+        stored = self.state.request(self.cuid, mid)
+        if stored is None:
+            raise ValueError(f"mid {mid} is unknown to this client's state: its parameters are needed to "
+                             "repeat the request (RFC 9132 §4.4.3)")
+        return dict(stored.scope)
+
+    async def refresh(self, mid: int, lifetime: int | None = None) -> MitigationResult:
+        """Lifetime renewal: the same PUT again (same mid and parameters, SC-073)."""
+        scope = self._stored_scope(mid)
+        if lifetime is not None:
+            scope["lifetime"] = lifetime
+        elif "lifetime" not in scope:
+            scope["lifetime"] = rfc9132.DEFAULT_LIFETIME
+        return await self._put_scope(mid, scope)
+
+    async def efficacy_update(self, mid: int, attack_status: str, lifetime: int | None = None) -> MitigationResult:
+        """Efficacy update (§4.4.3): PUT with an empty If-Match, the original parameters and
+        'attack-status' ("under-attack" or "attack-successfully-mitigated")."""
+        if attack_status not in ATTACK_STATUSES:
+            raise ValueError(f"attack-status must be one of {', '.join(ATTACK_STATUSES)}")
+        scope = self._stored_scope(mid)
+        if lifetime is not None:
+            scope["lifetime"] = lifetime
+        scope["attack-status"] = attack_status
+        return await self._put_scope(mid, scope, if_match=True)
+
+    async def status(self, mid: int | None = None, content: str = "a") -> list[dict[str, Any]]:
+        """GET the status of one request or of all of ours (§4.4.2).  [] when there is none
+        (for ``mid=None``); a 4.04 for a given mid raises DotsError."""
+        segments = [rfc9132.PATH_MITIGATE, f"cuid={self.cuid}"] + ([f"mid={mid}"] if mid is not None else [])
+        query = [f"c={content}"] if content != "a" else []
+        response, _ = await self._request(coap.GET, *segments, query=query)
+        if mid is None and response.code == coap.NOT_FOUND:
+            return []
+        _raise_for(response)
+        return list(_members(response).get("scope", []))
+
+    async def withdraw(self, mid: int) -> str:
+        """DELETE the request (§4.4.4); the server answers 2.02 even for an unknown mid."""
+        response, _ = await self._request(coap.DELETE, rfc9132.PATH_MITIGATE, f"cuid={self.cuid}", f"mid={mid}")
+        _raise_for(response)
+        self.state.forget(self.cuid, mid)
+        self._activity_changed()
+        return _code(response)
+
+    async def watch(self, mid: int | None = None, content: str = "a") -> AsyncIterator[StatusUpdate]:
+        """Observe one request or all of ours (§4.4.2.1); re-registers after a reconnection.
+
+        Yields the current state first, then each notification.  Ends after yielding a final
+        update (e.g. 4.04 once the observed request is gone).  The first answer raises
+        DotsError if it is an error (e.g. 4.04: nothing to observe).
+        """
+        segments = [rfc9132.PATH_MITIGATE, f"cuid={self.cuid}"] + ([f"mid={mid}"] if mid is not None else [])
+        query = [f"c={content}"] if content != "a" else []
+        first = True
+        while not self._closing:
+            generation = self.generation
+            conn = self._conn
+            try:
+                response, req = await self._request(coap.GET, *segments, query=query, observe=True,
+                                                    timeout=None if first else 365 * 86400.0)
+            except DotsConnectionError:
+                if self._closing:
+                    return
+                raise
+            if first:
+                _raise_for(response)
+            elif not response.code.is_successful():
+                yield StatusUpdate(_code(response), [], diagnostic=_diagnostic(response))
+                return
+            first = False
+            yield StatusUpdate(_code(response), list(_members(response).get("scope", [])),
+                               response.opt.observe)
+            if req.observation is None:
+                return
+            try:
+                async for note in req.observation:
+                    if conn is not None:
+                        self._traffic(conn)
+                    update = StatusUpdate(_code(note), list(_members(note).get("scope", []))
+                                          if note.code.is_successful() else [], note.opt.observe,
+                                          _diagnostic(note))
+                    yield update
+                    if update.final:
+                        return
+            except (coap_error.Error, OSError) as exc:
+                log.info("observation interrupted (%s); registering again", exc)
+                if self.generation == generation:
+                    self._session_broken(conn, f"observation failed: {exc}")
+            finally:
+                if not req.observation.cancelled:
+                    req.observation.cancel()
+            # the server ended the observation without a final error, or the session changed
+
+    # -- session configuration API ------------------------------------------------------
+    async def get_config(self, sid: int | None = None) -> ConfigResult:
+        """GET /config (current values with min/max) or /config/sid=N (the negotiated ones)."""
+        segments = [rfc9132.PATH_CONFIG] + ([f"sid={sid}"] if sid is not None else [])
+        response, _ = await self._request(coap.GET, *segments, confirmable=True)
+        _raise_for(response)
+        result = ConfigResult(_members(response), sid, response.opt.max_age, _code(response))
+        self._apply_config(result.config)
+        self._schedule_config_refresh(response)
+        return result
+
+    def _apply_config(self, config: SessionConfig) -> None:
+        self.session_config = config
+        if self.liveness is not None and self.liveness.phase is not Phase.LOST:
+            self._effects(self.liveness.set_config(config, time.monotonic()))
+        self._wake.set()
+
+    async def set_config(self, heartbeat_interval: int | None = None, missing_hb_allowed: int | None = None,
+                         probing_rate: int | None = None, max_retransmit: int | None = None,
+                         ack_timeout: Decimal | float | str | None = None,
+                         ack_random_factor: Decimal | float | str | None = None, *,
+                         sets: Sequence[str] = ("mitigating-config", "idle-config")) -> ConfigResult:
+        """PUT /config/sid=N (CON, §4.5.2) with a new monotonically increasing sid.
+
+        Raises DotsError; for 4.22 (a value out of range) the acceptable ranges are fetched
+        (SC-126) and put in ``error.details["acceptable"]``.
+        """
+        values = {"heartbeat_interval": heartbeat_interval, "missing_hb_allowed": missing_hb_allowed,
+                  "probing_rate": probing_rate, "max_retransmit": max_retransmit,
+                  "ack_timeout": ack_timeout, "ack_random_factor": ack_random_factor}
+        node: dict[str, Any] = {}
+        for name, attr in CONFIG_NAMES.items():
+            value = values[attr]
+            if value is None:
+                continue
+            if attr in DECIMAL_ATTRS:
+                node[name] = {"current-value-decimal": f"{Decimal(str(value)):.2f}"}
+            else:
+                node[name] = {"current-value": int(value)}
+        if not node:
+            raise ValueError("set_config needs at least one value (SC-120)")
+        body = from_members(MessageType.SIGNAL_CONFIG, {s: node for s in sets}, Direction.REQUEST).to_cbor()
+        sid = self.state.allocate_sid(self.cuid)
+        response, _ = await self._request(coap.PUT, rfc9132.PATH_CONFIG, f"sid={sid}", payload=body,
+                                          confirmable=True)
+        if response.code == coap.UNPROCESSABLE_ENTITY:
+            error = DotsError(_code(response), _diagnostic(response) or "a value is out of the acceptable range")
+            try:
+                error.details["acceptable"] = (await self.get_config()).members
+            except (DotsError, DotsConnectionError):
+                pass
+            raise error
+        _raise_for(response)
+        code = _code(response)
+        try:
+            result = await self.get_config(sid)
+        except DotsError as exc:
+            if exc.code == "4.04":
+                raise DotsError(code, f"the server ignored sid {sid} (it holds a higher sid for this client; "
+                                "reset the configuration first)") from None
+            raise
+        self._sid_negotiated = True
+        return ConfigResult(result.members, sid, result.max_age, code)
+
+    async def reset_config(self) -> str:
+        """DELETE /config/sid=N (§4.5.4): back to the server's defaults."""
+        sid = self.state.last_sid(self.cuid)
+        segments = [rfc9132.PATH_CONFIG] + ([f"sid={sid}"] if sid is not None else [])
+        response, _ = await self._request(coap.DELETE, *segments, confirmable=True)
+        _raise_for(response)
+        self._sid_negotiated = False
+        try:
+            await self.get_config()
+        except (DotsError, DotsConnectionError) as exc:
+            log.info("could not read the default configuration: %s", exc)
+        return _code(response)
+
+
+class _Broken(Exception):
+    """The session failed under a request (association closed, connection reset...)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
