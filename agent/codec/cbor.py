@@ -50,8 +50,11 @@ def _is_uint(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and v >= 0
 
 
-def map_to_json(data: Any, path: str = "") -> dict[str, Any]:
-    """Integer-keyed CBOR map -> RFC 7951 members.  Unknown optional keys are dropped."""
+def map_to_json(data: Any, path: str = "", reject: frozenset[int] = frozenset()) -> dict[str, Any]:
+    """Integer-keyed CBOR map -> RFC 7951 members.  Unknown optional keys are dropped.
+
+    Keys in *reject* are refused wherever they appear (Uri-Path parameters in a body).
+    """
     if not isinstance(data, Mapping):
         raise CodecError(path or "/", f"expected a CBOR map, got {_cbor_type(data)}")
     out: dict[str, Any] = {}
@@ -61,13 +64,17 @@ def map_to_json(data: Any, path: str = "") -> dict[str, Any]:
             raise CodecError(path or "/", f"map key {key!r} is not an integer (RFC 9132 §6)")
         if not rfc9132.MIN_KEY <= key <= rfc9132.MAX_KEY:
             raise CodecError(path or "/", f"map key {key} is outside 1-65535 (RFC 9132 §10.6.1.1)")
+        if key in reject:
+            name = NAME_OF.get(key, str(key))
+            raise CodecError(f"{path}/{name}", f"'{name}' must not appear in a message body; "
+                             "it is a Uri-Path parameter (RFC 9132 §4.4.1.1)")
         major = MAJOR.get(key)
         if major is None:
             if rfc9132.is_comprehension_required(key):
                 unknown.append(key)
             continue
         name = NAME_OF[key]
-        out[name] = value_to_json(key, major, value, f"{path}/{name}")
+        out[name] = value_to_json(key, major, value, f"{path}/{name}", reject)
     if unknown:
         keys = ", ".join(str(k) for k in sorted(unknown))
         raise CodecError(path or "/", f"unknown comprehension-required key(s): {keys}",
@@ -97,16 +104,16 @@ def _cbor_type(v: Any) -> str:
     return type(v).__name__
 
 
-def value_to_json(key: int, major: Major, value: Any, path: str) -> Any:
+def value_to_json(key: int, major: Major, value: Any, path: str, reject: frozenset[int] = frozenset()) -> Any:
     def bad(expected: str) -> CodecError:
         return CodecError(path, f"expected {expected} (key {key}), got {_cbor_type(value)}")
 
     if major is Major.MAP:
-        return map_to_json(value, path)
+        return map_to_json(value, path, reject)
     if major is Major.ARRAY_OF_MAPS:
         if not isinstance(value, list | tuple):
             raise bad("an array of maps")
-        return [map_to_json(v, f"{path}[{i}]") for i, v in enumerate(value)]
+        return [map_to_json(v, f"{path}[{i}]", reject) for i, v in enumerate(value)]
     if major is Major.ARRAY_OF_TSTR:
         if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
             raise bad("an array of text strings")

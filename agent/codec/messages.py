@@ -137,20 +137,8 @@ def _check_direction(mtype: MessageType, members: dict[str, Any], direction: Dir
                                      f"not allowed in a request body{hint} (RFC 9132 §4.4.1.1)")
 
 
-def _reject_uri_keys(body: Any, where: str) -> None:
-    """cuid, cdid and sid travel in Uri-Path options, never in a body (RFC 9132 §4.4.1.1, §4.5.2)."""
-    stack = [(body, where)]
-    while stack:
-        node, path = stack.pop()
-        if isinstance(node, Mapping):
-            for k, v in node.items():
-                if k in rfc9132.URI_ONLY_KEYS:
-                    name = rfc9132.KEY_NAMES[k]
-                    raise CodecError(f"{path}/{name}", f"'{name}' must not appear in a message body; "
-                                     "it is a Uri-Path parameter (RFC 9132 §4.4.1.1)")
-                stack.append((v, f"{path}/{cbor.NAME_OF.get(k, k)}"))
-        elif isinstance(node, list | tuple):
-            stack.extend((v, f"{path}[{i}]") for i, v in enumerate(node))
+# cuid, cdid and sid travel in Uri-Path options, never in a body (RFC 9132 §4.4.1.1, §4.5.2).
+URI_ONLY = frozenset(int(k) for k in rfc9132.URI_ONLY_KEYS)
 
 
 def from_members(mtype: MessageType, members: dict[str, Any], direction: Direction,
@@ -201,7 +189,6 @@ def decode_cbor(data: bytes, direction: Direction = Direction.REQUEST,
     """application/dots+cbor bytes -> Message (raises ``CodecError``)."""
     obj = cbor.loads(data)
     if isinstance(obj, Mapping):
-        _reject_uri_keys(obj, "")
         unknown = sorted(k for k in obj if isinstance(k, int) and not isinstance(k, bool)
                          and k not in _BY_KEY and rfc9132.is_comprehension_required(k))
         if unknown:
@@ -210,7 +197,7 @@ def decode_cbor(data: bytes, direction: Direction = Direction.REQUEST,
     mtype, body = _single_case(obj, _BY_KEY, "the message keys 1, 30, 46, 49")
     if expect is not None and mtype is not expect:
         raise CodecError("/", f"expected a {expect.wire_name} message, got {mtype.wire_name}")
-    members = cbor.map_to_json(body, f"/{mtype.value[1]}")
+    members = cbor.map_to_json(body, f"/{mtype.value[1]}", reject=URI_ONLY)
     return from_members(mtype, members, direction, f"/{mtype.value[1]}")
 
 

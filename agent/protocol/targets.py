@@ -22,6 +22,7 @@ the 4.00 diagnostic payload.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
@@ -58,6 +59,12 @@ def _merge_ranges(ranges: Iterable[Range]) -> tuple[Range, ...]:
 
 def _norm_names(names: Iterable[str]) -> frozenset[str]:
     return frozenset(names)
+
+
+@functools.lru_cache(maxsize=65536)
+def parse_network(text: str) -> IPNetwork:
+    """``ip_network(text, strict=False)``, cached: the same prefixes arrive again and again."""
+    return ipaddress.ip_network(text, strict=False)
 
 
 def _fqdn_key(name: str) -> str:
@@ -112,13 +119,13 @@ class Targets:
             return tuple((i, i) if isinstance(i, int) else (i[0], i[1]) for i in items)
 
         return cls(
-            prefixes=frozenset(ipaddress.ip_network(p, strict=False) for p in prefixes),
+            prefixes=frozenset(parse_network(p) for p in prefixes),
             port_ranges=rng(ports),
             protocols=frozenset(protocols),
             fqdns=frozenset(fqdns),
             uris=frozenset(uris),
             aliases=frozenset(aliases),
-            source_prefixes=frozenset(ipaddress.ip_network(p, strict=False) for p in source_prefixes),
+            source_prefixes=frozenset(parse_network(p) for p in source_prefixes),
             source_port_ranges=rng(source_ports),
             source_icmp_type_ranges=rng(source_icmp_types),
         )
@@ -231,6 +238,7 @@ def conflict_scope(a: Targets, b: Targets) -> Targets:
 
 
 # --- validation ---------------------------------------------------------------------------
+@functools.lru_cache(maxsize=65536)
 def forbidden_reason(net: IPNetwork) -> str | None:
     """Why a prefix is not an acceptable target/source (SC-036, CH-012), or None.
 
