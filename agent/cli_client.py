@@ -6,6 +6,9 @@ it open until interrupted).  mids and sids are kept in a state file (``--state``
 repeat a request's parameters (lifetime renewal, efficacy update).
 
 Exit codes: 0 success, 1 DOTS error response (4.xx/5.xx), 2 usage error, 3 cannot connect.
+
+``dots client agent`` instead runs until stopped: a client agent whose mitigation requests are
+configured through NETCONF/RESTCONF (:mod:`agent.client_agent`).
 """
 
 from __future__ import annotations
@@ -186,6 +189,13 @@ async def _interruptible(coro: Coroutine[Any, Any, int]) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.action == "agent":
+        from agent.client_agent.main import serve
+
+        return asyncio.run(serve(args))
+    if not args.server:
+        print("dots client: --server is required for this action", file=sys.stderr)
+        return EXIT_USAGE
     return asyncio.run(_interruptible(_main(args)))
 
 
@@ -194,7 +204,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Talk to a DOTS server. Exit codes: 0 success, 1 DOTS error response "
                        "(4.xx/5.xx), 2 usage, 3 cannot connect.")
     p.add_argument("--pki", required=True, help="directory with ca.crt, client.crt, client.key (dots pki init)")
-    p.add_argument("--server", required=True, help="HOST[:PORT] or [V6]:PORT of the DOTS server (port 4646)")
+    p.add_argument("--server", help="HOST[:PORT] or [V6]:PORT of the DOTS server (port 4646; required except "
+                   "for 'agent', which can take its servers from its configuration)")
     p.add_argument("--transport", choices=("tls", "dtls", "auto"), default="auto",
                    help="signal channel transport (default auto: DTLS, then TLS)")
     p.add_argument("--state", help="state file for mids/sids (default $XDG_STATE_HOME/dots/client.json)")
@@ -243,3 +254,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     q = acts.add_parser("watch", help="follow status changes (Observe) until interrupted")
     q.add_argument("--mid", type=int)
     q.add_argument("--content", choices=("a", "c", "n"), default="a")
+
+    from agent.client_agent.main import add_parser
+
+    add_parser(acts)

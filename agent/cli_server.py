@@ -1,4 +1,9 @@
-"""``dots server``: run a DOTS server (TLS/TCP and DTLS/UDP on the same port, mutual X.509)."""
+"""``dots server``: run a DOTS server (TLS/TCP and DTLS/UDP on the same port, mutual X.509).
+
+With ``--netconf-port`` and/or ``--restconf-port`` the server embeds its management plane
+(:mod:`agent.server.management`): the running datastore is its configuration (seeded from the
+startup file in ``--mgmt-dir``, else from ``--config``) and ``<get>`` reports its state.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ import logging
 import signal
 from pathlib import Path
 
+from agent import mgmt_embed
 from agent.numbers import rfc9132
 from agent.transports.credentials import Credentials
 
@@ -19,23 +25,52 @@ async def serve(args: argparse.Namespace) -> int:
     from agent.server.app import DotsServer, ServerOptions
 
     config = json.loads(Path(args.config).read_text()) if args.config else None
+    creds = Credentials.from_pki_dir(args.pki, "server")
+    listen = args.listen or ["::1", "127.0.0.1"]
+    db = Path(args.db)
+    opts = mgmt_embed.options_from(args, listen[0], db.parent / f"{db.stem}-mgmt")
+    management = None
+    transports = tuple(args.transport) if args.transport else ("tls", "dtls")
+    if opts.enabled:
+        from agent.server.management import ServerManagement, bootstrap_config
+        from mgmt.errors import MgmtError
+
+        try:
+            management = ServerManagement(opts, creds, config if config is not None else
+                                          bootstrap_config(creds, listen, args.port, transports))
+        except MgmtError as exc:
+            log.error("invalid configuration: %s", exc)
+            return 2
+        config = management.running()
     options = ServerOptions(
-        credentials=Credentials.from_pki_dir(args.pki, "server"),
-        listen=args.listen or ["::1", "127.0.0.1"], port=args.port, db=Path(args.db),
+        credentials=creds, listen=listen, port=args.port, db=db,
         mitigator=args.mitigator, config=config,
-        transports=tuple(args.transport) if args.transport else ("tls", "dtls"),
+        transports=transports,
         netns=args.netns, counter_interval=args.counter_interval)
     server = DotsServer(options)
+    if management is not None:
+        try:  # the running configuration must be one this build can honour
+            server.check_config(config)
+        except ValueError as exc:
+            log.error("configuration refused: %s", exc)
+            return 2
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await server.start()
-    if args.ready_file:
-        Path(args.ready_file).write_text(json.dumps(server.addresses))
-    await stop.wait()
-    log.info("stopping (signal)")
-    await server.stop()
+    addresses: dict[str, list[tuple[str, int]]] = dict(server.addresses)
+    try:
+        if management is not None:
+            addresses.update(await management.start(server))
+        if args.ready_file:
+            Path(args.ready_file).write_text(json.dumps(addresses))
+        await stop.wait()
+        log.info("stopping (signal)")
+    finally:
+        if management is not None:
+            await management.close()
+        await server.stop()
     return 0
 
 
@@ -56,4 +91,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--netns", help="run nft inside this network namespace")
     p.add_argument("--counter-interval", type=float, default=5.0, help="seconds between counter reads")
     p.add_argument("--ready-file", help="write the bound addresses (JSON) here once listening")
+    mgmt_embed.add_arguments(p)
     p.set_defaults(handler=run)

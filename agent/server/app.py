@@ -27,10 +27,11 @@ from agent.transports.tls import add_tls_server, tls_server
 from .heartbeats import HeartbeatSender
 from .mitigations import MitigationService
 from .resources import DotsResource
-from .sessions import SessionRegistry
 from .settings import ServerSettings
+from .state import CountingSessionRegistry
 
 log = logging.getLogger("dots.server")
+MITIGATORS = ("log", "nftables")  # back-ends this build provides (see DotsServer.mitigator)
 
 
 @dataclass
@@ -55,7 +56,7 @@ class DotsServer:
         self._mitigators: dict[str, Mitigator] = {}
         self.service = MitigationService(self.store, self.mitigator, self.settings,
                                          counter_interval=options.counter_interval)
-        self.sessions = SessionRegistry(self.store, self.settings.defaults)
+        self.sessions = CountingSessionRegistry(self.store, self.settings.defaults)
         self.resource = DotsResource(self.service, self.sessions, lambda: self.settings)
         self.context: aiocoap.Context | None = None
         self.heartbeats: HeartbeatSender | None = None
@@ -114,6 +115,15 @@ class DotsServer:
         log.info("DOTS server listening: %s; authorising %s; mitigator %s; store %s",
                  ", ".join(f"{t} {h}:{p}" for t, a in self.addresses.items() for h, p in a),
                  policy, self.settings.mitigator, self.options.db)
+
+    def check_config(self, tree: dict[str, Any] | None) -> None:
+        """Raise ValueError if this server cannot honour *tree* (schema validity is the caller's)."""
+        settings = self._settings_from(tree)
+        wanted = {settings.mitigator, *(c.mitigator for c in settings.clients if c.mitigator)}
+        missing = sorted(wanted - set(MITIGATORS))
+        if missing:
+            raise ValueError(f"mitigator {', '.join(missing)} is not available in this build "
+                             f"(available: {', '.join(MITIGATORS)})")
 
     def apply_config(self, tree: dict[str, Any] | None) -> None:
         """Swap in settings from a new configuration tree (no restart)."""
