@@ -13,7 +13,8 @@ import sys
 from collections.abc import Callable
 
 # Modules that contribute sub-commands: each has ``register(subparsers)``.
-COMMAND_MODULES = ("agent.cli_codec", "agent.cli_pki", "agent.cli_server", "agent.cli_client")
+COMMAND_MODULES = ("agent.cli_codec", "agent.cli_pki", "agent.cli_server", "agent.cli_client",
+                   "agent.cli_callhome")
 
 
 def build_parser() -> argparse.ArgumentParser:

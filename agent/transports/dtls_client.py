@@ -6,6 +6,7 @@ import asyncio
 import ipaddress
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from aiocoap import error, interfaces
@@ -217,7 +218,14 @@ class _ClientProtocol(asyncio.DatagramProtocol):
 
 
 class DTLSClientTransport(interfaces.MessageInterface):
-    """aiocoap MessageInterface that sends ``coaps://`` requests over DTLS with certificates."""
+    """aiocoap MessageInterface that sends ``coaps://`` requests over DTLS with certificates.
+
+    Requests arriving from the server over an association are served by the Context's
+    ``serversite`` like any other (RFC 9066 Call Home: the DTLS client is the CoAP server).
+    ``on_closed(remote, reason)``, when set, is called when an association ends.
+    """
+
+    on_closed: Callable[[DTLSClientRemote, Exception], None] | None = None
 
     def __init__(self, mman: interfaces.MessageManager, credentials: Credentials, *, mtu: int,
                  idle_timeout: float, handshake_timeout: float, dead_peer_timeout: float | None,
@@ -249,6 +257,11 @@ class DTLSClientTransport(interfaces.MessageInterface):
         if self.pool.get(remote.key) is remote:
             del self.pool[remote.key]
         log.debug("DTLS association to %s closed: %r", remote.hostinfo, reason)
+        if self.on_closed is not None:
+            try:
+                self.on_closed(remote, reason)
+            except Exception:
+                log.exception("on_closed hook failed")
         if self._mman is not None:
             self._mman.dispatch_error(reason, remote)
 

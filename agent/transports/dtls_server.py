@@ -8,6 +8,7 @@ import logging
 import socket
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 from aiocoap import error, interfaces
@@ -116,6 +117,12 @@ class DTLSServerRemote(interfaces.EndpointAddress):
         log.debug("DTLS association with %s established in %.1f ms (cert=%s, psk=%r)", self.hostinfo,
                   1000 * (self.channel.handshake_seconds or 0), self.peer_cert_der is not None,
                   self.psk_identity)
+        hook = self._transport.on_established
+        if hook is not None:
+            try:
+                hook(self)
+            except Exception:  # a hook must not break the association
+                log.exception("on_established hook failed")
 
     def _on_plaintext(self, data: bytes) -> None:
         self._transport._received_plaintext(self, data)
@@ -142,8 +149,15 @@ class DTLSServerTransport(interfaces.MessageInterface):
     """aiocoap MessageInterface serving ``coaps://`` on one UDP socket.
 
     It never initiates associations (``determine_remote`` returns None): requests to
-    ``coaps://`` go to a client transport.
+    ``coaps://`` go to a client transport.  Requests *can* be sent to an accepted peer by
+    putting its :class:`DTLSServerRemote` in ``message.remote`` (RFC 9066 Call Home, where the
+    DTLS server is the requesting party).  ``on_established(remote)`` and
+    ``on_closed(remote, reason)``, when set, are called when a peer's handshake completes and
+    when its association ends.
     """
+
+    on_established: Callable[[DTLSServerRemote], None] | None = None
+    on_closed: Callable[[DTLSServerRemote, Exception], None] | None = None
 
     def __init__(self, mman: interfaces.MessageManager, credentials: Credentials, *,
                  require_client_cert: bool, mtu: int, idle_timeout: float, handshake_timeout: float,
@@ -262,6 +276,11 @@ class DTLSServerTransport(interfaces.MessageInterface):
         if self.peers.get(peer.sockaddr) is peer:
             del self.peers[peer.sockaddr]
         log.debug("DTLS association with %s closed: %r", peer.hostinfo, reason)
+        if self.on_closed is not None and peer.channel.established:
+            try:
+                self.on_closed(peer, reason)
+            except Exception:
+                log.exception("on_closed hook failed")
         if self._mman is not None and peer.channel.established:
             self._mman.dispatch_error(reason, peer)
 

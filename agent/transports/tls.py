@@ -151,14 +151,39 @@ class _ServerConnection(TcpConnection):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._ctx._pool.add(self)
         super().connection_made(transport)
+        hook = getattr(self._ctx, "on_connection_made", None)
+        if hook is not None:
+            try:
+                hook(self)
+            except Exception:  # a hook must not break the connection
+                _log.exception("on_connection_made hook failed")
 
 
 class DotsTLSServer(TLSServer):
-    """aiocoap ``coaps+tcp`` server transport listening on several exact addresses."""
+    """aiocoap ``coaps+tcp`` server transport listening on several exact addresses.
+
+    ``on_connection_made(connection)`` / ``on_connection_lost(connection, exc)``, when set, are
+    called once a client's TLS handshake has completed and when its connection is gone (the
+    latter possibly twice for one connection).  The connection is the ``remote`` to put on
+    requests sent to that client: CoAP over TLS is symmetric, so the server side may send
+    requests too (e.g. RFC 9066 Call Home, where the TLS server is the requesting party).
+    """
+
+    on_connection_made: Callable[[TcpConnection], None] | None = None
+    on_connection_lost: Callable[[TcpConnection, Exception | None], None] | None = None
 
     def __init__(self) -> None:
         super().__init__()
         self.servers: list[asyncio.base_events.Server] = []
+
+    def _dispatch_error(self, connection: TcpConnection, exc: Exception | None) -> None:
+        hook = self.on_connection_lost
+        if hook is not None:
+            try:
+                hook(connection, exc)
+            except Exception:
+                _log.exception("on_connection_lost hook failed")
+        super()._dispatch_error(connection, exc)
 
     @classmethod
     async def create_on(cls, binds: Iterable[tuple[str, int]], tman: interfaces.TokenManager,
@@ -211,9 +236,31 @@ class DotsTLSServer(TLSServer):
 
 
 class DotsTLSClient(TLSClient):
-    """aiocoap ``coaps+tcp`` client transport that uses one fixed SSLContext (ours)."""
+    """aiocoap ``coaps+tcp`` client transport that uses one fixed SSLContext (ours).
+
+    :meth:`connect` opens a connection without sending a request; requests the server sends
+    over it are served by the Context's ``serversite`` (CoAP over TLS is symmetric; RFC 9066
+    Call Home makes the TLS client the CoAP server).  ``on_connection_lost(connection, exc)``,
+    when set, is called when a connection is gone (possibly twice for one connection).
+    """
 
     ssl_context: ssl.SSLContext
+    on_connection_lost: Callable[[TcpConnection, Exception | None], None] | None = None
+
+    async def connect(self, host: str, port: int) -> TcpConnection:
+        """The pooled connection to ``host``:``port``, opened (TCP + TLS handshake) if needed."""
+        msg = aiocoap.Message(code=aiocoap.GET)
+        msg.unresolved_remote = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        return await self._spawn_protocol(msg)
+
+    def _dispatch_error(self, connection: TcpConnection, exc: Exception | None) -> None:
+        hook = self.on_connection_lost
+        if hook is not None:
+            try:
+                hook(connection, exc)
+            except Exception:
+                _log.exception("on_connection_lost hook failed")
+        super()._dispatch_error(connection, exc)
 
     def _ssl_context_factory(self, hostinfo: str | None) -> ssl.SSLContext:
         return self.ssl_context
