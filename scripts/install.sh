@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 APT_PACKAGES=(
   libyang2-dev libyang2-tools   # libyang for validation (the Python binding builds against it), yanglint
   libcoap3-bin                  # coap-client-openssl: an independent CoAP peer for interop tests
-  nftables iproute2             # the nftables mitigator and the network-namespace tests
+  nftables iproute2 conntrack   # the nftables mitigator, namespace tests, Call Home NAT44 lookups
   gcc libffi-dev pkg-config     # building the libyang CFFI binding
   openssh-client                # NETCONF over SSH tests
 )
