@@ -29,12 +29,14 @@ COAP_CLIENT = shutil.which("coap-client-openssl")
 
 
 class ServerProcess:
-    """``dots server`` as a child process on free ports of 127.0.0.1 and ::1."""
+    """``dots server`` as a child process on free ports of 127.0.0.1 and ::1 (or the ``listen``
+    addresses, e.g. those of a test namespace when ``prefix`` is ``["ip", "netns", "exec", NS]``)."""
 
     def __init__(self, workdir: Path, *, extra: Sequence[str] = (), config: dict[str, Any] | None = None,
                  port: int = 0, db: Path | None = None, env: dict[str, str] | None = None,
-                 prefix: Sequence[str] = ()) -> None:
+                 prefix: Sequence[str] = (), listen: Sequence[str] = ("127.0.0.1", "::1")) -> None:
         self.workdir = workdir
+        self.listen = list(listen)
         self.pki = workdir / "pki"
         init_pki(self.pki)
         self.db = db or workdir / "server.db"
@@ -53,9 +55,9 @@ class ServerProcess:
 
     def start(self, timeout: float = 20.0) -> ServerProcess:
         self.ready.unlink(missing_ok=True)
-        argv = [*self.prefix, *DOTS, "-v", "server", "--pki", str(self.pki), "--listen", "127.0.0.1",
-                "--listen", "::1", "--port", str(self.port), "--db", str(self.db),
-                "--ready-file", str(self.ready), *self.extra]
+        listen = [arg for host in self.listen for arg in ("--listen", host)]
+        argv = [*self.prefix, *DOTS, "-v", "server", "--pki", str(self.pki), *listen,
+                "--port", str(self.port), "--db", str(self.db), "--ready-file", str(self.ready), *self.extra]
         if self.config_file:
             argv += ["--config", str(self.config_file)]
         env = {**os.environ, **(self.env or {})}

@@ -26,7 +26,23 @@ task that keeps it alive:
   2.04 by the client's CoAP site.  On ``SessionLost`` the session is closed and re-established
   (resuming (D)TLS where possible, SC-143) no more often than every 60 s (SC-144,
   ``ReconnectBackoff``).  Link saturation (``DEGRADED``) keeps the session (SC-146/147); the
-  parallel session of SC-148 is not opened yet.
+  parallel session of SC-148 is not opened yet.  Requests waiting for an answer are kept
+  (and repeated) across the reconnection until their own deadline.
+* **Paths (§4.3).**  The server may have several addresses (a name, or a comma-separated
+  list); the ``Connector`` races them by Happy Eyeballs over DTLS and TLS, caches the outcome
+  (SC-009), uses the 100 ms Connection Attempt Delay while mitigating (SC-011) and resumes
+  (D)TLS sessions (SC-012).  When the session does not run over the most preferred path, the
+  better paths are probed in idle time every ``probe_interval`` (>= 5 min, SC-010) and the
+  session migrates to the first that answers.
+* **Redirection (§4.6, :mod:`agent.client.redirect`).**  A 5.03 with 'redirected-signal'
+  (to any request, to the connect-time ``GET /config`` or in a notification) moves the session
+  to the alternate server -- its addresses without DNS, its name checked in its certificate
+  -- re-sends the request (SC-136) and the still-active requests, and re-registers
+  observations.  After the TTL the client returns to the provisioned server, except while
+  mitigating (SC-134).  A redirection to a server used within 5 minutes is ignored and
+  logged as a loop (SC-138/SC-139): the request fails with a 5.03 ``DotsError`` whose
+  ``details["redirect-loop"]`` is set, for a caller such as ``FallbackClient`` to try the
+  next provisioned server.
 * **Observe.**  :meth:`DotsClient.watch` registers with ``Observe: 0`` and yields every
   notification; after a reconnection it registers again on the new session.
 * **Configuration freshness.**  A non-zero Max-Age on a config answer schedules a re-GET of
@@ -52,7 +68,9 @@ Example::
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import math
 import random
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
@@ -83,7 +101,8 @@ from agent.protocol.session import (
 from agent.transports.credentials import Credentials
 from agent.tuning import tuning
 
-from .connection import Connection, Connector, DotsConnectionError, parse_server
+from .connection import Connection, Connector, DotsConnectionError, ServerSpec, parse_servers
+from .redirect import Redirection, RedirectMemory
 from .results import (
     CONFIG_NAMES,
     DECIMAL_ATTRS,
@@ -99,6 +118,7 @@ from .state import ClientState
 log = logging.getLogger("dots.client")
 CF = rfc9132.CONTENT_FORMAT_DOTS_CBOR
 ATTACK_STATUSES = ("under-attack", "attack-successfully-mitigated")
+MAX_REDIRECT_HOPS = 4
 Port = int | tuple[int, int]
 
 
@@ -221,27 +241,53 @@ class DotsClient:
     """An RFC 9132 DOTS client bound to one server (see the module docstring).
 
     ``server``: ``"host"``, ``"host:port"``, ``"[v6]:port"`` or ``(host, port)`` (port 4646 by
-    default).  ``transport``: ``"tls"``, ``"dtls"`` or ``"auto"`` (DTLS, then TLS).  ``state``:
-    a :class:`ClientState`, a path to its JSON file, or None (memory only).
-    ``request_timeout``: seconds a request is repeated before :class:`DotsConnectionError`.
-    ``reconnect_min_interval``: minimum seconds between session re-establishment attempts;
-    RFC 9132 requires >= 60 (SC-144), smaller values are for tests only.
+    default), or several of them (a comma-separated string or a list: the addresses of one
+    server, raced by Happy Eyeballs).  ``transport``: ``"tls"``, ``"dtls"`` or ``"auto"``
+    (race both, §4.3).  ``state``: a :class:`ClientState`, a path to its JSON file, or None
+    (memory only).  ``request_timeout``: seconds a request is repeated before
+    :class:`DotsConnectionError`.  ``reconnect_min_interval``: minimum seconds between session
+    re-establishment attempts; RFC 9132 requires >= 60 (SC-144), smaller values are for tests
+    only.  ``probe_interval``: seconds between probes of better paths (SC-010: >= 300, 24 h
+    recommended; smaller values are for tests only).  ``attempt_delay``: Connection Attempt
+    Delay outside an attack (100 ms during one, SC-011).  ``follow_redirects``: move to the
+    alternate server on a 5.03 redirection (§4.6).  ``redirect_memory``: shared with other
+    clients of the same deployment so loops across them are detected too.  ``under_attack``:
+    the client is used because of an attack (e.g. ``dots client mitigate``): connection
+    attempts use the 100 ms delay from the start (SC-011), not only once a request is active.
     """
 
-    def __init__(self, server: str | tuple[str, int], credentials: Credentials, transport: str = "auto", *,
+    def __init__(self, server: ServerSpec, credentials: Credentials, transport: str = "auto", *,
                  state: ClientState | str | Path | None = None, heartbeats: bool = True,
                  request_timeout: float = 60.0, connect_timeout: float = 10.0,
                  auto_dtls_timeout: float = 3.0,
-                 reconnect_min_interval: float = rfc9132.RECONNECT_MIN_INTERVAL) -> None:
-        self.host, self.port = parse_server(server)
+                 reconnect_min_interval: float = rfc9132.RECONNECT_MIN_INTERVAL,
+                 probe_interval: float = 86400.0, attempt_delay: float | None = None,
+                 follow_redirects: bool = True, redirect_memory: RedirectMemory | None = None,
+                 under_attack: bool = False) -> None:
+        endpoints = parse_servers(server)
+        self.host, self.port = endpoints[0]
+        self.endpoints = endpoints
         self.credentials = credentials
         self.cuid = certificate_cuid(credentials.cert)
         self.state = state if isinstance(state, ClientState) else ClientState(state)
         self.heartbeats = heartbeats
         self.request_timeout = request_timeout
         self.reconnect_min_interval = reconnect_min_interval
-        self._connector = Connector(self.host, self.port, credentials, transport,
-                                    connect_timeout=connect_timeout, auto_dtls_timeout=auto_dtls_timeout)
+        self.transport_choice = transport
+        self.under_attack = under_attack  # the caller signals an attack: 100 ms attempt delay (SC-011)
+        self.connect_timeout = connect_timeout
+        self.probe_interval = probe_interval
+        self.follow_redirects = follow_redirects
+        self._he_kw: dict[str, Any] = {} if attempt_delay is None else {"attempt_delay": attempt_delay}
+        self._provisioned = Connector(self.host, self.port, credentials, transport, endpoints=endpoints,
+                                      connect_timeout=connect_timeout, auto_dtls_timeout=auto_dtls_timeout,
+                                      **self._he_kw)
+        self._connector = self._provisioned
+        self.redirection: Redirection | None = None
+        self.redirects = redirect_memory if redirect_memory is not None else RedirectMemory()
+        self._probe_at: float | None = None
+        self._switch_to: Connector | None = None  # a planned move (redirect TTL expiry): no back-off
+        self._redirect_lock = asyncio.Lock()
         self._site = Site()
         self._site.add_resource([*rfc9132.WELL_KNOWN, rfc9132.PATH_HEARTBEAT],
                                 _HeartbeatResource(self._peer_heartbeat))
@@ -288,11 +334,40 @@ class DotsClient:
         return self._generation
 
     async def connect(self) -> None:
-        """Establish the first session (raises :class:`DotsConnectionError`)."""
+        """Establish the first session (raises :class:`DotsConnectionError`, or a 5.03
+        :class:`DotsError` for a redirection that cannot be followed)."""
         self._last_attempt = time.monotonic()
-        conn = await self._connector.connect(self._site, self._tx_config())
+        conn = await self._connector.connect(self._site, self._tx_config(), under_attack=self._attacked())
+        conn = await self._follow_probe(conn)
         self._install(conn)
         self._runner = asyncio.get_running_loop().create_task(self._run(), name="DOTS client session")
+
+    @property
+    def server(self) -> str:
+        """The server the session runs to (the alternate one while redirected)."""
+        return self._connector.name if self.redirection is None else self.redirection.alt_server
+
+    def report(self) -> dict[str, Any]:
+        """Where the client stands, as plain data (for status output and monitoring)."""
+        conn = self._conn
+        now = time.monotonic()
+        return {
+            "server": self.server,
+            "provisioned": self._provisioned.name,
+            "connected": conn is not None and self._lost_reason is None,
+            "transport": conn.transport if conn else None,
+            "path": str(conn.candidate) if conn else None,
+            "address": conn.host if conn else None,
+            "resumed": conn.resumed if conn else None,
+            "generation": self._generation,
+            "redirect": self.redirection.to_json(now) if self.redirection else None,
+            "redirect-loops": len(self.redirects.loops),
+            "happy-eyeballs": self._connector.report(),
+            "next-probe-in": round(self._probe_at - now, 1) if self._probe_at is not None else None,
+            "heartbeats": {"sent": self.heartbeats_sent, "answered": self.heartbeats_answered,
+                           "received": self.heartbeats_received},
+            "phase": self.liveness.phase.value if self.liveness else None,
+        }
 
     async def close(self) -> None:
         self._closing = True
@@ -316,6 +391,10 @@ class DotsClient:
     def _mitigating(self) -> bool:
         return bool(self.state.active(self.cuid))
 
+    def _attacked(self) -> bool:
+        """Connection attempts are made during an attack (SC-011)."""
+        return self.under_attack or self._mitigating()
+
     def _install(self, conn: Connection) -> None:
         self._conn = conn
         self._generation += 1
@@ -327,8 +406,19 @@ class DotsClient:
             self._pacer.rtt.sample(conn.probe_rtt)
         self.liveness = Liveness(Role.CLIENT, self.session_config, now, reliable=conn.reliable,
                                  mitigating=self._mitigating(), send_heartbeats=self.heartbeats)
+        self._mark_used(conn)
+        # SC-010: a session not on the path §4.3 prefers most is probed for better ones later
+        better = any(c.rank < conn.candidate.rank for c in self._connector.candidates)
+        self._probe_at = now + self.probe_interval if better else None
         self._connected.set()
         self._wake.set()
+
+    def _mark_used(self, conn: Connection) -> None:
+        """SC-138: remember that we communicated with this server (all its names)."""
+        names = [conn.host, *(h for h, _ in self._connector.endpoints)]
+        if self.redirection is not None and self._connector is not self._provisioned:
+            names.append(self.redirection.alt_server)
+        self.redirects.used(names)
 
     def _schedule_config_refresh(self, response: aiocoap.Message) -> None:
         max_age = response.opt.max_age
@@ -348,8 +438,11 @@ class DotsClient:
             if self._conn is None or self._lost_reason is not None:
                 await self._reestablish(self._lost_reason or "no session")
                 continue
+            red_at = self.redirection.expires_at if self.redirection is not None else None
             deadlines = [d for d in (self.liveness.next_deadline() if self.liveness and self.heartbeats else None,
-                                     self._config_refresh_at) if d is not None]
+                                     self._config_refresh_at, self._probe_at,
+                                     red_at if red_at is not None and not math.isinf(red_at) else None)
+                         if d is not None]
             timeout = max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout)
@@ -363,6 +456,18 @@ class DotsClient:
                 self._config_refresh_at = None
                 if not self._mitigating():  # SC-130: no refresh while an attack is being mitigated
                     self._spawn(self._refresh_config())
+            if self.redirection is not None and self.redirection.expired(now):
+                if not self._mitigating():  # SC-134: back to the provisioned server, not during an attack
+                    log.info("redirection to %s expired: back to %s", self.redirection.alt_server,
+                             self._provisioned.name)
+                    self._switch_to = self._provisioned
+                    self.redirects.forget([*self.redirection.identities, *(h for h, _ in self._connector.endpoints)])
+                    self._session_broken(self._conn, "redirection TTL expired")
+                    continue
+            if self._probe_at is not None and now >= self._probe_at:
+                self._probe_at = now + self.probe_interval
+                if not self._mitigating():  # SC-010: probe in idle time only
+                    self._spawn(self._probe_better(self._conn))
             if self.liveness is not None and self.heartbeats:
                 self._effects(self.liveness.tick(now))
 
@@ -417,23 +522,127 @@ class DotsClient:
         self._connected.clear()
         if old is not None:
             await old.close()
+        planned = self._switch_to
+        planned_move = planned is not None
+        if planned is not None:  # a move, not a failure: no back-off for the first attempt
+            self._switch_to = None
+            self._connector, self.redirection = planned, None
         delay = 0.0
         while not self._closing:
             # SC-144: never closer than the minimum interval to the previous attempt
             wait = max(delay, self._last_attempt + self.reconnect_min_interval - time.monotonic())
+            if planned is not None:
+                wait, planned = 0.0, None
             if wait > 0:
                 log.info("re-establishing the signal channel in %.1f s (%s)", wait, reason)
                 await asyncio.sleep(wait)
             self._last_attempt = time.monotonic()
+            before = self._connector
             try:
-                conn = await self._connector.connect(self._site, self._tx_config())
+                conn = await self._connector.connect(self._site, self._tx_config(), under_attack=self._attacked())
+                conn = await self._follow_probe(conn)
             except DotsConnectionError as exc:
                 delay = self._backoff.failed()
                 reason = str(exc)
+                if self.redirection is not None and self.redirection.expired():
+                    # SC-134: an expired alternate that is unreachable: the provisioned server again
+                    self._connector, self.redirection = self._provisioned, None
                 continue
             self._backoff.succeeded()
             self._install(conn)
+            if self._connector is not before or planned_move:  # another server: tell it what is active
+                self._spawn(self._replay_active(None))
             return
+
+    # -- redirection (§4.6) and path probing (§4.3) -------------------------------------
+    def _alternate(self, red: Redirection) -> Connector:
+        """A Connector for the alternate server: its records without DNS, its name in its certificate."""
+        endpoints = [(a, self.port) for a in red.records] or [(red.alt_server, self.port)]
+        creds = dataclasses.replace(self.credentials, server_hostname=red.alt_server)
+        return Connector(endpoints[0][0], self.port, creds, self.transport_choice, endpoints=endpoints,
+                         connect_timeout=self.connect_timeout, **self._he_kw)
+
+    async def _redirect_connect(self, red: Redirection) -> Connection:
+        """A session to the alternate server of *red* (SC-136), unless it is a loop (SC-138)."""
+        target = self.redirects.loop(red)
+        if target is not None:
+            self.redirects.alert(red, target)
+            log.error("DOTS redirect loop: %s redirects to %s, which this client used less than %.0f s ago; "
+                      "ignoring the redirection (RFC 9132 §4.6)", red.from_server, target, self.redirects.window)
+            raise DotsError("5.03", f"redirect loop: {red.from_server} redirects to {red.alt_server}, "
+                            "used within the last 5 minutes", max_age=None,
+                            details={"redirect": red.to_json(), "redirect-loop": target})
+        connector = self._alternate(red)
+        try:
+            conn = await connector.connect(self._site, self._tx_config(), under_attack=self._attacked())
+        except DotsConnectionError as exc:
+            raise DotsError("5.03", f"redirected to {red.alt_server}, which is unreachable: {exc}",
+                            details={"redirect": red.to_json()}) from None
+        log.warning("redirected by %s to %s (%s), TTL %s s", red.from_server, red.alt_server, conn.candidate,
+                    "infinite" if math.isinf(red.ttl) else f"{red.ttl:.0f}")
+        self._connector, self.redirection = connector, red
+        return conn
+
+    async def _follow_probe(self, conn: Connection) -> Connection:
+        """The connect-time ``GET /config`` was answered with a redirection: follow it (bounded).
+
+        A redirection that cannot be followed (loop, alternate unreachable) keeps *conn*: the
+        requests sent on it will be answered 5.03 and fail (for a caller to go elsewhere).
+        """
+        for _ in range(MAX_REDIRECT_HOPS):
+            red = Redirection.from_response(conn.probe, from_server=self.server)
+            if red is None or not self.follow_redirects:
+                return conn
+            self._mark_used(conn)
+            try:
+                new = await self._redirect_connect(red)
+            except DotsError as exc:
+                log.warning("not following the redirection: %s", exc)
+                return conn
+            await conn.close()
+            conn = new
+        return conn
+
+    async def _redirected(self, red: Redirection, conn: Connection, resend_mid: int | None) -> None:
+        """A request on *conn* got a redirection: move the session and the active requests."""
+        async with self._redirect_lock:
+            if conn is not self._conn:  # another request moved the session already: just resend
+                return
+            new = await self._follow_probe(await self._redirect_connect(red))
+            self._install(new)
+            await conn.close()
+        self._spawn(self._replay_active(resend_mid))
+
+    async def _replay_active(self, skip: int | None) -> None:
+        """Re-send the active requests on the new server (state sync between servers is not assumed)."""
+        for stored in self.state.active(self.cuid):
+            if stored.mid == skip:
+                continue
+            try:
+                await self.refresh(stored.mid)
+            except (DotsError, DotsConnectionError) as exc:
+                log.warning("request %s not re-sent to %s: %s", stored.mid, self.server, exc)
+
+    async def _probe_better(self, conn: Connection | None) -> None:
+        """SC-010: try the paths §4.3 prefers to the current one; migrate to the first that answers."""
+        if conn is None:
+            return
+        better = await self._connector.better_candidates(conn.candidate)
+        if not better:
+            self._probe_at = None
+            return
+        log.info("probing better paths than %s: %s", conn.candidate, ", ".join(map(str, better)))
+        try:
+            new = await self._connector.connect(self._site, self._tx_config(), candidates=better)
+        except DotsConnectionError as exc:
+            log.info("no better path yet: %s", exc)
+            return
+        if conn is not self._conn or self._closing or not new.probe.code.is_successful():
+            await new.close()
+            return
+        log.info("signal channel migrates from %s to %s (SC-010)", conn.candidate, new.candidate)
+        self._install(new)
+        await conn.close()
 
     async def _refresh_config(self) -> None:
         try:
@@ -488,6 +697,11 @@ class DotsClient:
                 self._session_broken(conn, exc.reason)
                 continue
             self._traffic(conn)
+            red = Redirection.from_response(result[0], from_server=self.server) if self.follow_redirects else None
+            if red is not None:  # SC-136: the request failed; re-send it to the alternate server
+                mid = next((int(x[4:]) for x in segments if x.startswith("mid=")), None)
+                await self._redirected(red, conn, mid if method == coap.PUT else None)
+                continue
             return result
 
     async def _once(self, conn: Connection, make: Callable[[], aiocoap.Message], deadline: float
@@ -665,6 +879,10 @@ class DotsClient:
                 async for note in req.observation:
                     if conn is not None:
                         self._traffic(conn)
+                    red = Redirection.from_response(note, from_server=self.server) if self.follow_redirects else None
+                    if red is not None and conn is not None:  # §4.6: a redirection in a notification
+                        await self._redirected(red, conn, None)
+                        break
                     update = StatusUpdate(_code(note), list(_members(note).get("scope", []))
                                           if note.code.is_successful() else [], note.opt.observe,
                                           _diagnostic(note))

@@ -9,6 +9,13 @@ handler becomes 5.00 with a diagnostic and never reaches aiocoap as an exception
 Observe (§4.4.2.1): a GET with Observe=0 on ``mitigate`` (one mid or all of a client) or on
 ``config`` registers the pipe; changes are pushed as Non-confirmable notifications (SC-090),
 at most one every 3 s per observation over DTLS when no RTT estimate exists (SC-091).
+
+Redirected signaling (§4.6): while ``ServerSettings.redirect`` is set, every ``mitigate`` and
+``config`` request (Observe registrations included) is answered 5.03 with a
+'redirected-signal' body ('alt-server', 'alt-server-record') and Max-Age = the TTL; the
+client learns the redirection from its connect-time ``GET /config`` or its next request.
+Heartbeats are still answered 2.04: they only say the session is alive, and a 5.03 there
+would make a client that follows the redirection tear down the session it is moving anyway.
 """
 
 from __future__ import annotations
@@ -189,8 +196,23 @@ class DotsResource(Resource, PathCapable):
             raise Refused(coap.NOT_FOUND, "unknown resource (DOTS lives under /.well-known/dots)")
         return path[2], path[3:]
 
+    def _redirected(self, name: str) -> Message | None:
+        """§4.6: 5.03 + 'redirected-signal', Max-Age = TTL, while a redirection is configured."""
+        red = self.settings.redirect
+        if red is None or name == rfc9132.PATH_HEARTBEAT:
+            return None
+        members: dict[str, Any] = {"alt-server": red.alt_server}
+        if red.alt_server_record:
+            members["alt-server-record"] = list(red.alt_server_record)
+        return dots(coap.SERVICE_UNAVAILABLE, encode_members(MessageType.REDIRECTED_SIGNAL, members),
+                    max_age=max(0, min(red.ttl, 2**32 - 1)))
+
     async def _dispatch(self, request: Message) -> Message:
         name, params = self._route(request)
+        redirected = self._redirected(name)
+        if redirected is not None:
+            await self._identify(request)  # only authenticated clients learn the alternate server
+            return redirected
         if name == rfc9132.PATH_MITIGATE:
             handlers = {coap.PUT: self._mitigate_put, coap.GET: self._mitigate_get,
                         coap.DELETE: self._mitigate_delete}
@@ -367,6 +389,8 @@ class DotsResource(Resource, PathCapable):
     async def _observe(self, pipe: Any) -> Message | None:
         request = pipe.request
         name, params = self._route(request)
+        if self._redirected(name) is not None:
+            return await self.render(request)  # the 5.03 redirection, no registration
         if name == rfc9132.PATH_MITIGATE:
             cuid, mid, content = await self._mitigate_target(request, params)
             body = self._status_body(cuid, mid, content)
