@@ -147,8 +147,10 @@ async def _main(args: argparse.Namespace) -> int:
             return EXIT_USAGE
     state = Path(args.state) if args.state else default_state_path()
     try:
+        # Signalling an attack: race connection attempts 100 ms apart (RFC 9132 §4.3, SC-011).
+        attack = args.action == "mitigate" or (args.action == "efficacy" and args.attack_status == "under-attack")
         client = DotsClient(args.server, creds, args.transport, state=state, request_timeout=args.timeout,
-                            connect_timeout=args.timeout)
+                            connect_timeout=args.timeout, under_attack=attack)
     except ValueError as exc:
         out.error({"code": "usage", "diagnostic": str(exc)}, str(exc))
         return EXIT_USAGE
