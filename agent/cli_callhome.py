@@ -13,6 +13,12 @@
 Certificates: the CPE presents ``client.crt`` and the provider ``server.crt`` of ``--pki`` by
 default (the provider is the (D)TLS server, so its certificate carries the names/addresses the
 CPE checks); ``--cert-stem`` picks other files of the same directory.
+
+Management plane: both long-running roles accept the flags of ``dots server``
+(``--netconf-port``, ``--netconf-user``, ``--netconf-password-file``, ``--restconf-port``,
+``--mgmt-dir``) plus ``--mgmt-listen``; ``/dots-agent:dots-agent/call-home`` is then their
+configuration and state (:mod:`agent.callhome.management`): running is seeded from the flags
+when ``--mgmt-dir`` holds no startup datastore.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from agent import mgmt_embed
 from agent.transports.credentials import Credentials
 
 log = logging.getLogger("dots.callhome")
@@ -77,9 +84,15 @@ async def _run_server(args: argparse.Namespace) -> int:
     from agent.callhome.control import serve_control
     from agent.callhome.server import CallHomeServer, CallHomeServerOptions, parse_static_mappings
 
+    db = Path(args.db)
+    opts = mgmt_embed.options_from(args, args.mgmt_listen or "127.0.0.1", db.parent / f"{db.stem}-mgmt")
+    from_startup = opts.enabled and opts.startup_file.exists()
+    if not from_startup and (args.client is None or not args.internal_prefix):
+        raise SystemExit("--client and --internal-prefix are required (unless a startup datastore exists "
+                         "in --mgmt-dir)")
     options = CallHomeServerOptions(
-        credentials=_credentials(args, "client"), client=args.client, client_name=args.client_name,
-        internal_prefixes=args.internal_prefix, transport=args.transport, consent=args.consent,
+        credentials=_credentials(args, "client"), client=args.client or ("", 0), client_name=args.client_name,
+        internal_prefixes=args.internal_prefix or [], transport=args.transport, consent=args.consent,
         mitigator=args.mitigator, netns=args.netns, db=Path(args.db), nft_table=args.nft_table,
         nat_static=parse_static_mappings(args.nat_static or []), nat_conntrack=args.nat_conntrack,
         legitimate=args.legitimate or [], approval_timeout=args.approval_timeout,
@@ -89,16 +102,33 @@ async def _run_server(args: argparse.Namespace) -> int:
         from agent.callhome.server import session_config_for_tests
 
         options.session_config = session_config_for_tests(args.heartbeat_interval, args.missing_hb_allowed)
+    management = None
+    if opts.enabled:  # running (startup datastore, else the flags) is the configuration
+        from agent.callhome.management import CpeManagement
+        from mgmt.errors import MgmtError
+
+        try:
+            management = CpeManagement(opts, options, seed=not from_startup)
+            options = management.options(options)
+        except (MgmtError, ValueError) as exc:
+            log.error("invalid configuration: %s", exc)
+            return 2
     server = CallHomeServer(options)
     await server.start()
     control = await serve_control(args.control, server.control_handlers()) if args.control else None
-    if args.ready_file:
-        Path(args.ready_file).write_text(json.dumps({"client": list(args.client), "transport": args.transport}))
     try:
+        addresses: dict[str, Any] = {}
+        if management is not None:
+            addresses = await management.start(server)
+        if args.ready_file:
+            Path(args.ready_file).write_text(json.dumps({"client": list(options.client),
+                                                         "transport": options.transport, **addresses}))
         await _wait_for_signal()
     finally:
         if control is not None:
             control.close()
+        if management is not None:
+            await management.close()
         await server.stop()
     return 0
 
@@ -151,15 +181,38 @@ async def _run_client(args: argparse.Namespace) -> int:
     request = _action_request(args)
     if request is not None and args.control and not args.listen:
         return await _control(args.control, request)
-    if not args.listen or args.port is None:
+    creds = _credentials(args, "server")
+    transports: tuple[str, ...] = ("tls", "dtls") if args.transport == "both" else (args.transport,)
+    listen = [(a, args.port) for a in args.listen or []] if args.port is not None else []
+    opts = mgmt_embed.options_from(args, args.mgmt_listen or (args.listen or ["127.0.0.1"])[0],
+                                   Path.cwd() / "dots-call-home-client-mgmt")
+    management = None
+    if opts.enabled:
+        if request is not None:
+            raise SystemExit("the management plane needs the long-running mode (no action)")
+        from agent.callhome.management import ProviderManagement, provider_bootstrap_config
+        from mgmt.errors import MgmtError
+
+        seed = not opts.startup_file.exists()
+        if seed and not listen:
+            raise SystemExit("--listen and --port are required (RFC 9066 has no default port)")
+        try:
+            management = ProviderManagement(opts, provider_bootstrap_config(creds, listen, transports) if seed
+                                            else None, poll_interval=args.poll_interval)
+            listen, transports = management.listen()
+        except (MgmtError, ValueError) as exc:
+            log.error("invalid configuration: %s", exc)
+            return 2
+    elif not listen:
         raise SystemExit("--listen and --port are required (RFC 9066 has no default port)")
-    transports = ("tls", "dtls") if args.transport == "both" else (args.transport,)
-    client = CallHomeClient(_credentials(args, "server"), [(a, args.port) for a in args.listen],
-                            transports=transports)
+    client = CallHomeClient(creds, listen, transports=transports)
     await client.start()
     try:
+        addresses: dict[str, Any] = dict(client.addresses)
+        if management is not None:
+            addresses.update(await management.start(client))
         if args.ready_file:
-            Path(args.ready_file).write_text(json.dumps({"cuid": client.cuid, **client.addresses}))
+            Path(args.ready_file).write_text(json.dumps({"cuid": client.cuid, **addresses}))
         if request is not None:  # one-shot
             handler = client.control_handlers()[request["op"]]
             try:
@@ -176,6 +229,8 @@ async def _run_client(args: argparse.Namespace) -> int:
                 control.close()
         return 0
     finally:
+        if management is not None:
+            await management.close()
         await client.stop()
 
 
@@ -190,10 +245,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     s = csub.add_parser("server", help="Call Home DOTS server (CPE): call the provider, enforce its requests")
     s.add_argument("--pki", required=True, help="directory with ca.crt and our certificate/key")
     s.add_argument("--cert-stem", help="certificate file stem in --pki (default: client)")
-    s.add_argument("--client", required=True, type=_hostport, help="Call Home DOTS client HOST:PORT")
+    s.add_argument("--client", type=_hostport, help="Call Home DOTS client HOST:PORT (required unless a "
+                   "startup datastore configures the peer)")
     s.add_argument("--client-name", help="name its certificate must carry (default: the host)")
     s.add_argument("--transport", choices=("tls", "dtls"), default="dtls")
-    s.add_argument("--internal-prefix", action="append", required=True,
+    s.add_argument("--internal-prefix", action="append",
                    help="prefix of the network served (repeat); source-prefix must lie within")
     s.add_argument("--consent", choices=("auto", "manual"), default="auto",
                    help="manual: requests wait for 'dots call-home approve|reject'")
@@ -219,6 +275,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--counter-interval", type=float, default=5.0)
     s.add_argument("--control", help="Unix socket for approve/reject/pending/list")
     s.add_argument("--ready-file", help=argparse.SUPPRESS)
+    s.add_argument("--mgmt-listen", metavar="ADDR", help="address of NETCONF/RESTCONF (default 127.0.0.1)")
+    mgmt_embed.add_arguments(s)
     s.set_defaults(handler=server_cmd)
 
     c = csub.add_parser("client", help="Call Home DOTS client (provider): wait for calls, signal attacks")
@@ -230,6 +288,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--control", help="Unix socket: serve it (long-running) or send the action to it")
     c.add_argument("--ready-file", help=argparse.SUPPRESS)
     c.add_argument("--wait", type=float, default=60.0, help="seconds to wait for the CPE to call (one-shot)")
+    c.add_argument("--mgmt-listen", metavar="ADDR",
+                   help="address of NETCONF/RESTCONF (default: the first --listen address)")
+    c.add_argument("--poll-interval", type=float, default=2.0,
+                   help="with the management plane: seconds between status polls of the requests sent")
+    mgmt_embed.add_arguments(c)
     c.set_defaults(handler=client_cmd)
     acts = c.add_subparsers(dest="action", metavar="ACTION")
     m = acts.add_parser("mitigate", help="signal an attack from the CPE's network")

@@ -33,7 +33,7 @@ import asyncio
 import ipaddress
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -132,6 +132,24 @@ def _members(msg: Message) -> dict[str, Any]:
         root = cbor.map_to_json(cbor.loads(msg.payload))
         body = next(iter(root.values()), {}) if isinstance(root, dict) else {}
         return body if isinstance(body, dict) else {}
+
+
+@dataclass
+class SentRequest:
+    """A mitigation request this client sent to a Call Home DOTS server, and what it last heard of it
+    (the management plane's ``call-home-client/requests``)."""
+
+    peer_cuid: str
+    mid: int
+    scope: dict[str, Any]  # RFC 7951 members as sent (Call Home leaves prefixed)
+    sent: float
+    code: str
+    last_update: float | None = None
+    reported: dict[str, Any] | None = None  # the scope as last reported by the server
+
+    @property
+    def status(self) -> str | None:
+        return None if self.reported is None else self.reported.get("status")
 
 
 @dataclass
@@ -244,6 +262,7 @@ class CallHomePeer:
         body = encode_members(MessageType.MITIGATION, {"scope": [scope]})
         answer = await self.request(coap.PUT, rfc9132.PATH_MITIGATE, f"cuid={self.client.cuid}", f"mid={mid}",
                                     payload=body, timeout=timeout)
+        self.client._record_sent(self.cuid, mid, scope, answer)
         if not answer.code.startswith("2"):
             raise CallHomeError(answer.code, answer.diagnostic, answer.members)
         self.client.reporting.add((self.cuid, mid))
@@ -257,6 +276,8 @@ class CallHomePeer:
             return []
         if not answer.code.startswith("2"):
             raise CallHomeError(answer.code, answer.diagnostic, answer.members)
+        for scope in answer.scopes:
+            self.client._record_status(self.cuid, scope)
         return answer.scopes
 
     async def wait_status(self, mid: int, statuses: Iterable[str], timeout: float = 30.0,
@@ -276,6 +297,12 @@ class CallHomePeer:
 
     async def withdraw(self, mid: int) -> str:
         answer = await self.request(coap.DELETE, rfc9132.PATH_MITIGATE, f"cuid={self.client.cuid}", f"mid={mid}")
+        sent = self.client.requests.get((self.cuid, mid))
+        if sent is not None:
+            sent.code = answer.code
+            if answer.code == "2.02":  # the server now reports it withdrawn (RFC 9132 status 6)
+                self.client._record_status(self.cuid, {**(sent.reported or {}), "mid": mid,
+                                                       "status": "dots-client-withdrawn-mitigation"})
         if not answer.code.startswith("2"):
             raise CallHomeError(answer.code, answer.diagnostic, answer.members)
         self.client.reporting.discard((self.cuid, mid))
@@ -341,6 +368,9 @@ class CallHomeClient:
         self.peers: dict[int, CallHomePeer] = {}
         self.addresses: dict[str, list[tuple[str, int]]] = {}
         self.reporting: set[tuple[str, int]] = set()  # (peer cuid, mid) of attacks we reported
+        self.requests: dict[tuple[str, int], SentRequest] = {}  # (peer cuid, mid) -> what we sent/heard
+        # called with (request, previous status) whenever a request's reported status changes
+        self.status_observers: list[Callable[[SentRequest, str | None], None]] = []
         self._changed = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._ticker: asyncio.Task[None] | None = None
@@ -475,6 +505,54 @@ class CallHomeClient:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    # -- requests sent (management state) -----------------------------------------------------
+    def _record_sent(self, peer_cuid_: str, mid: int, scope: dict[str, Any], answer: Answer) -> None:
+        now = time.time()
+        sent = self.requests.get((peer_cuid_, mid))
+        if sent is None:
+            sent = self.requests[(peer_cuid_, mid)] = SentRequest(peer_cuid_, mid, dict(scope), now, answer.code)
+        else:
+            sent.scope, sent.sent, sent.code = dict(scope), now, answer.code
+        reported = next((s for s in answer.scopes if int(s.get("mid", mid)) == mid), None)
+        if reported is not None:
+            self._record_status(peer_cuid_, {"mid": mid, **reported})
+
+    def _record_status(self, peer_cuid_: str, scope: dict[str, Any]) -> None:
+        """The server reported on one of our requests (a status answer); observers see changes."""
+        if "mid" not in scope:
+            return
+        sent = self.requests.get((peer_cuid_, int(scope["mid"])))
+        if sent is None:
+            return
+        previous = sent.status
+        sent.reported = dict(scope)
+        sent.last_update = time.time()
+        if sent.status is not None and sent.status != previous:
+            for observer in list(self.status_observers):
+                try:
+                    observer(sent, previous)
+                except Exception:  # an observer must never break signalling
+                    log.exception("status observer failed")
+
+    async def refresh(self, timeout: float = 5.0) -> None:
+        """Ask every connected Call Home DOTS server for the status of the requests we sent it."""
+        cuids = {c for c, _m in self.requests}
+        for peer in self.ready_peers():
+            if peer.cuid not in cuids:
+                continue
+            cuids.discard(peer.cuid)
+            try:
+                scopes = await asyncio.wait_for(peer.status(), timeout)
+            except Exception as exc:  # unreachable now: keep what we last heard
+                log.debug("status of the requests sent to %s not refreshed: %s", peer.cuid, exc)
+                continue
+            listed = {int(s["mid"]) for s in scopes if "mid" in s}
+            for (c, mid), sent in list(self.requests.items()):
+                if c == peer.cuid and mid not in listed and sent.status is not None:
+                    # no longer known to the server: its lifecycle ended
+                    self._record_status(c, {**(sent.reported or {}), "mid": mid,
+                                            "status": "attack-mitigation-terminated"})
 
     # -- API -----------------------------------------------------------------------------------
     def ready_peers(self) -> list[CallHomePeer]:

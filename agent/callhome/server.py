@@ -38,6 +38,7 @@ the same process: they are separate Contexts with separate ports (Appendix B).
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import random
 import time
@@ -66,7 +67,7 @@ from agent.tuning import tuning
 
 from .nat import NatMapper, StaticMapping
 from .resource import CallHomeResource, CallHomeSessions, Redirect
-from .service import CallHomeService, CallHomeSettings
+from .service import CONSENT_MODES, CallHomeService, CallHomeSettings
 
 log = logging.getLogger("dots.callhome")
 HB_PATH = (*rfc9132.WELL_KNOWN, rfc9132.PATH_HEARTBEAT)
@@ -98,6 +99,11 @@ class CallHomeServerOptions:
     connect_timeout: float = 10.0
     counter_interval: float = 5.0
     terminating_period: int = rfc9132.ACTIVE_BUT_TERMINATING  # SC-106; a CPE rule needs no route propagation
+    peer_name: str = ""  # name of the configured peer being called (management plane)
+
+
+# Options a running CallHomeServer cannot change (they shape its transports and enforcer).
+RESTART_OPTIONS = ("credentials", "transport", "mitigator", "nft_table", "netns", "db")
 
 
 def adjust_for_bindings(config: SessionConfig, acceptable: AcceptableRanges, binding_timeout: float | None
@@ -180,6 +186,7 @@ class CallHomeServer:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closing = False
         self.history: list[dict[str, Any]] = []  # established associations (most recent last)
+        self._wake = asyncio.Event()  # cuts a reconnection back-off short (new peer configured)
         self.heartbeats_sent = 0
         self.heartbeats_answered = 0
 
@@ -283,7 +290,12 @@ class CallHomeServer:
                 delay = min(self.options.reconnect_max, self.options.reconnect_min * 2 ** (failures - 1))
                 delay *= 1 + random.random() * 0.25
                 log.warning("cannot call home (%s); next attempt in %.1f s", "; ".join(errors), delay)
-                await asyncio.sleep(delay)
+                self._wake.clear()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), delay)
+                    failures = 0
+                except TimeoutError:
+                    pass
                 continue
             failures = 0
             self._redirect_failures = 0
@@ -415,6 +427,44 @@ class CallHomeServer:
         a = self.association
         if a is not None:
             self._mark_lost(a, f"redirected to {target.name}")
+
+    # -- live reconfiguration (management plane) -------------------------------------------------
+    def check_update(self, options: CallHomeServerOptions) -> None:
+        """Raise ValueError for *options* this running server cannot apply without a restart."""
+        for attr in RESTART_OPTIONS:
+            if getattr(options, attr) != getattr(self.options, attr):
+                raise ValueError(f"changing {attr.replace('_', '-')} of a running Call Home DOTS server needs "
+                                 "a restart")
+        if options.consent not in CONSENT_MODES:
+            raise ValueError(f"consent must be one of {', '.join(CONSENT_MODES)}")
+        if not options.internal_prefixes:
+            raise ValueError("a Call Home DOTS server needs at least one internal prefix")
+
+    def update(self, options: CallHomeServerOptions) -> None:
+        """Apply *options* live (checked by :meth:`check_update`).
+
+        Scope (internal prefixes, legitimate sources, NAT44 mappings), consent mode and approval
+        timeout take effect for the next request (pending requests keep their deadline and stay
+        pending when consent becomes automatic); back-off bounds for the next failure.  A new
+        Call Home DOTS client (address, port or reference identifier) closes the current
+        association and calls the new one at once.
+        """
+        old, self.options = self.options, options
+        svc = self.service
+        svc.internal = [ipaddress.ip_network(p, strict=False) for p in options.internal_prefixes]
+        svc.legitimate = [ipaddress.ip_network(p, strict=False) for p in options.legitimate]
+        svc.consent = options.consent
+        svc.approval_timeout = options.approval_timeout
+        if (options.nat_static, options.nat_conntrack) != (old.nat_static, old.nat_conntrack):
+            svc.nat = NatMapper(options.nat_static, conntrack=options.nat_conntrack, netns=options.netns) \
+                if options.nat_static or options.nat_conntrack else None
+        if (options.client, options.client_name) != (old.client, old.client_name):
+            log.warning("Call Home DOTS client reconfigured: %s:%s -> %s:%s", *old.client, *options.client)
+            self.redirect = None
+            a = self.association
+            if a is not None:
+                self._mark_lost(a, "the Call Home DOTS client was reconfigured")
+            self._wake.set()
 
     # -- management API ------------------------------------------------------------------------
     def pending(self) -> list[dict[str, Any]]:

@@ -10697,7 +10697,7 @@ class yc_conflict_information_dots_agent__dots_agent_server_mitigations_mitigati
 
     def _get_conflict_cause(self):
         """
-    Getter method for conflict_cause, mapped from YANG variable /dots_agent/server/mitigations/mitigation/scope/conflict_information/conflict_cause (iana-dots-signal:conflict-cause)
+    Getter method for conflict_cause, mapped from YANG variable /dots_agent/server/mitigations/mitigation/scope/conflict_information/conflict_cause (conflict-cause)
 
     YANG Description: Cause of the conflict.
     """
@@ -10709,7 +10709,7 @@ class yc_conflict_information_dots_agent__dots_agent_server_mitigations_mitigati
 
     def _set_conflict_cause(self, v, load=False):
         """
-    Setter method for conflict_cause, mapped from YANG variable /dots_agent/server/mitigations/mitigation/scope/conflict_information/conflict_cause (iana-dots-signal:conflict-cause)
+    Setter method for conflict_cause, mapped from YANG variable /dots_agent/server/mitigations/mitigation/scope/conflict_information/conflict_cause (conflict-cause)
     If this variable is read-only (config: false) in the
     source YANG file, then _set_conflict_cause is considered as a private
     method. Backends looking to populate this variable should
@@ -10722,7 +10722,7 @@ class yc_conflict_information_dots_agent__dots_agent_server_mitigations_mitigati
         try:
             t = _D140(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
-            raise ValueError({'error-string': 'conflict_cause must be of a type compatible with iana-dots-signal:conflict-cause', 'defined-type': 'iana-dots-signal:conflict-cause', 'generated-type': 'YANGDynClass(base=RestrictedClassType(base_type=str,                                     restriction_type="dict_key",                                     restriction_arg={\'overlapping-targets\': {\'value\': 1}, \'conflict-with-acceptlist\': {\'value\': 2}, \'cuid-collision\': {\'value\': 3}},), is_leaf=True, yang_name="conflict-cause", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'iana-dots-signal:conflict-cause\', is_config=False)'})
+            raise ValueError({'error-string': 'conflict_cause must be of a type compatible with conflict-cause', 'defined-type': 'dots-agent:conflict-cause', 'generated-type': 'YANGDynClass(base=RestrictedClassType(base_type=str,                                     restriction_type="dict_key",                                     restriction_arg={\'overlapping-targets\': {\'value\': 1}, \'conflict-with-acceptlist\': {\'value\': 2}, \'cuid-collision\': {\'value\': 3}},), is_leaf=True, yang_name="conflict-cause", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'conflict-cause\', is_config=False)'})
         self.__conflict_cause = t
         if hasattr(self, '_set'):
             self._set()
@@ -14980,7 +14980,7 @@ class yc_conflict_information_dots_agent__dots_agent_call_home_call_home_server_
 
     def _get_conflict_cause(self):
         """
-    Getter method for conflict_cause, mapped from YANG variable /dots_agent/call_home/call_home_server/pending_approvals/pending_approval/scope/conflict_information/conflict_cause (iana-dots-signal:conflict-cause)
+    Getter method for conflict_cause, mapped from YANG variable /dots_agent/call_home/call_home_server/pending_approvals/pending_approval/scope/conflict_information/conflict_cause (conflict-cause)
 
     YANG Description: Cause of the conflict.
     """
@@ -14992,7 +14992,7 @@ class yc_conflict_information_dots_agent__dots_agent_call_home_call_home_server_
 
     def _set_conflict_cause(self, v, load=False):
         """
-    Setter method for conflict_cause, mapped from YANG variable /dots_agent/call_home/call_home_server/pending_approvals/pending_approval/scope/conflict_information/conflict_cause (iana-dots-signal:conflict-cause)
+    Setter method for conflict_cause, mapped from YANG variable /dots_agent/call_home/call_home_server/pending_approvals/pending_approval/scope/conflict_information/conflict_cause (conflict-cause)
     If this variable is read-only (config: false) in the
     source YANG file, then _set_conflict_cause is considered as a private
     method. Backends looking to populate this variable should
@@ -15005,7 +15005,7 @@ class yc_conflict_information_dots_agent__dots_agent_call_home_call_home_server_
         try:
             t = _D140(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
-            raise ValueError({'error-string': 'conflict_cause must be of a type compatible with iana-dots-signal:conflict-cause', 'defined-type': 'iana-dots-signal:conflict-cause', 'generated-type': 'YANGDynClass(base=RestrictedClassType(base_type=str,                                     restriction_type="dict_key",                                     restriction_arg={\'overlapping-targets\': {\'value\': 1}, \'conflict-with-acceptlist\': {\'value\': 2}, \'cuid-collision\': {\'value\': 3}},), is_leaf=True, yang_name="conflict-cause", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'iana-dots-signal:conflict-cause\', is_config=False)'})
+            raise ValueError({'error-string': 'conflict_cause must be of a type compatible with conflict-cause', 'defined-type': 'dots-agent:conflict-cause', 'generated-type': 'YANGDynClass(base=RestrictedClassType(base_type=str,                                     restriction_type="dict_key",                                     restriction_arg={\'overlapping-targets\': {\'value\': 1}, \'conflict-with-acceptlist\': {\'value\': 2}, \'cuid-collision\': {\'value\': 3}},), is_leaf=True, yang_name="conflict-cause", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'conflict-cause\', is_config=False)'})
         self.__conflict_cause = t
         if hasattr(self, '_set'):
             self._set()
@@ -16517,6 +16517,2268 @@ class yc_pending_approvals_dots_agent__dots_agent_call_home_call_home_server_pen
     pending_approval = __builtin__.property(_get_pending_approval)
     _pyangbind_elements = OrderedDict([('pending_approval', pending_approval)])
 
+class yc_target_port_range_dots_agent__dots_agent_call_home_call_home_server_mitigations_mitigation_scope_target_port_range(PybindBase):
+    """
+  This class was auto-generated by the PythonClass plugin for PYANG
+  from YANG module dots-agent - based on the path /dots-agent/call-home/call-home-server/mitigations/mitigation/scope/target-port-range. Each member element of
+  the container is represented as a class variable - with a specific
+  YANG type.
+
+  YANG Description: Port range.  When only lower-port is
+present, it represents a single port number.
+  """
+    __slots__ = ('_path_helper', '_extmethods', '__lower_port', '__upper_port')
+    _yang_name = 'target-port-range'
+    _yang_namespace = 'urn:dots-agent:params:xml:ns:yang:dots-agent'
+    _pybind_generated_by = 'container'
+
+    def __init__(self, *args, **kwargs):
+        self._path_helper = False
+        self._extmethods = False
+        load = kwargs.pop('load', None)
+        if args:
+            if len(args) > 1:
+                raise TypeError('cannot create a YANG container with >1 argument')
+            all_attr = True
+            for e in self._pyangbind_elements:
+                if not hasattr(args[0], e):
+                    all_attr = False
+                    break
+            if not all_attr:
+                raise ValueError('Supplied object did not have the correct attributes')
+            for e in self._pyangbind_elements:
+                nobj = getattr(args[0], e)
+                if nobj._changed() is False:
+                    continue
+                setmethod = getattr(self, '_set_%s' % e)
+                if load is None:
+                    setmethod(getattr(args[0], e))
+                else:
+                    setmethod(getattr(args[0], e), load=load)
+
+    def _path(self):
+        if hasattr(self, '_parent'):
+            return self._parent._path() + [self._yang_name]
+        else:
+            return ['dots-agent', 'call-home', 'call-home-server', 'mitigations', 'mitigation', 'scope', 'target-port-range']
+
+    def _get_lower_port(self):
+        """
+    Getter method for lower_port, mapped from YANG variable /dots_agent/call_home/call_home_server/mitigations/mitigation/scope/target_port_range/lower_port (inet:port-number)
+
+    YANG Description: Lower port number of the port range.
+    """
+        try:
+            return self.__lower_port
+        except AttributeError:
+            self.__lower_port = _D130(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            return self.__lower_port
+
+    def _set_lower_port(self, v, load=False):
+        """
+    Setter method for lower_port, mapped from YANG variable /dots_agent/call_home/call_home_server/mitigations/mitigation/scope/target_port_range/lower_port (inet:port-number)
+    If this variable is read-only (config: false) in the
+    source YANG file, then _set_lower_port is considered as a private
+    method. Backends looking to populate this variable should
+    do so via calling thisObj._set_lower_port() directly.
+
+    YANG Description: Lower port number of the port range.
+    """
+        parent = getattr(self, '_parent', None)
+        if parent is not None and load is False:
+            raise AttributeError('Cannot set keys directly when' + ' within an instantiated list')
+        if hasattr(v, '_utype'):
+            v = v._utype(v)
+        try:
+            t = _D130(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+        except (TypeError, ValueError):
+            raise ValueError({'error-string': 'lower_port must be of a type compatible with inet:port-number', 'defined-type': 'inet:port-number', 'generated-type': 'YANGDynClass(base=RestrictedClassType(base_type=RestrictedClassType(base_type=int, restriction_dict={\'range\': [\'0..65535\']},int_size=16), restriction_dict={\'range\': [\'0..65535\']}), is_leaf=True, yang_name="lower-port", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, is_keyval=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'inet:port-number\', is_config=False)'})
+        self.__lower_port = t
+        if hasattr(self, '_set'):
+            self._set()
+
+    def _unset_lower_port(self):
+        if getattr(self, '_yc_target_port_range_dots_agent__dots_agent_call_home_call_home_server_mitigations_mitigation_scope_target_port_range__lower_port', None) is not None:
+            del self.__lower_port
+
+    def _get_upper_port(self):
+        """
+    Getter method for upper_port, mapped from YANG variable /dots_agent/call_home/call_home_server/mitigations/mitigation/scope/target_port_range/upper_port (inet:port-number)
+
+    YANG Description: Upper port number of the port range.
+    """
+        try:
+            return self.__upper_port
+        except AttributeError:
+            self.__upper_port = _D131(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            return self.__upper_port
+
+    def _set_upper_port(self, v, load=False):
+        """
+    Setter method for upper_port, mapped from YANG variable /dots_agent/call_home/call_home_server/mitigations/mitigation/scope/target_port_range/upper_port (inet:port-number)
+    If this variable is read-only (config: false) in the
+    source YANG file, then _set_upper_port is considered as a private
+    method. Backends looking to populate this variable should
+    do so via calling thisObj._set_upper_port() directly.
+
+    YANG Description: Upper port number of the port range.
+    """
+        if hasattr(v, '_utype'):
+            v = v._utype(v)
+        try:
+            t = _D131(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+        except (TypeError, ValueError):
+            raise ValueError({'error-string': 'upper_port must be of a type compatible with inet:port-number', 'defined-type': 'inet:port-number', 'generated-type': 'YANGDynClass(base=RestrictedClassType(base_type=RestrictedClassType(base_type=int, restriction_dict={\'range\': [\'0..65535\']},int_size=16), restriction_dict={\'range\': [\'0..65535\']}), is_leaf=True, yang_name="upper-port", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'inet:port-number\', is_config=False)'})
+        self.__upper_port = t
+        if hasattr(self, '_set'):
+            self._set()
+
+    def _unset_upper_port(self):
+        if getattr(self, '_yc_target_port_range_dots_agent__dots_agent_call_home_call_home_server_mitigations_mitigation_scope_target_port_range__upper_port', None) is not None:
+            del self.__upper_port
+    lower_port = __builtin__.property(_get_lower_port)
+    upper_port = __builtin__.property(_get_upper_port)
+    _pyangbind_elements = OrderedDict([('lower_port', lower_port), ('upper_port', upper_port)])
+
+class yc_target_port_range_dots_agent__dots_agent_call_home_call_home_server_mitigations_mitigation_scope_conflict_information_conflict_scope_target_port_range(PybindBase):
+    """
+  This class was auto-generated by the PythonClass plugin for PYANG
+  from YANG module dots-agent - based on the path /dots-agent/call-home/call-home-server/mitigations/mitigation/scope/conflict-information/conflict-scope/target-port-range. Each member element of
+  the container is represented as a class variable - with a specific
+  YANG type.
+
+  YANG Description: Port range.  When only lower-port is
+present, it represents a single port number.
+  """
+    __slots__ = ('_path_helper', '_extmethods', '__lower_port', '__upper_port')
+    _yang_name = 'target-port-range'
+    _yang_namespace = 'urn:dots-agent:params:xml:ns:yang:dots-agent'
+    _pybind_generated_by = 'container'
+
+    def __init__(self, *args, **kwargs):
+        self._path_helper = False
+        self._extmethods = False
+        load = kwargs.pop('load', None)
+        if args:
+            if len(args) > 1:
+                raise TypeError('cannot create a YANG container with >1 argument')
+            all_attr = True
+            for e in self._pyangbind_elements:
+                if not hasattr(args[0], e):
+                    all_attr = False
+                    break
+            if not all_attr:
+                raise ValueError('Supplied object did not have the correct attributes')
+            for e in self._pyangbind_elements:
+                nobj = getattr(args[0], e)
+                if nobj._changed() is False:
+                    continue
+                setmethod = getattr(self, '_set_%s' % e)
+                if load is None:
+                    setmethod(getattr(args[0], e))
+                else:
+                    setmethod(getattr(args[0], e), load=load)
+
+    def _path(self):
+        if hasattr(self, '_parent'):
+            return self._parent._path() + [self._yang_name]
+        else:
+            return ['dots-agent', 'call-home', 'call-home-server', 'mitigations', 'mitigation', 'scope', 'conflict-information', 'conflict-scope', 'target-port-range']
+
+    def _get_lower_port(self):
+        """
+    Getter method for lower_port, mapped from YANG variable /dots_agent/call_home/call_home_server/mitigations/mitigation/scope/conflict_information/conflict_scope/target_port_range/lower_port (inet:port-number)
+
+    YANG Description: Lower port number of the port range.
+    """
+        try:
+            return self.__lower_port
+        except AttributeError:
+            self.__lower_port = _D130(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            return self.__lower_port
+
+    def _set_lower_port(self, v, load=False):
+        """
+    Setter method for lower_port, mapped from YANG variable /dots_agent/call_home/call_home_server/mitigations/mitigation/scope/conflict_information/conflict_scope/target_port_range/lower_port (inet:port-number)
+    If this variable is read-only (config: false) in the
+    source YANG file, then _set_lower_port is considered as a private
+    method. Backends looking to populate this variable should
+    do so via calling thisObj._set_lower_port() directly.
+
+    YANG Description: Lower port number of the port range.
+    """
+        parent = getattr(self, '_parent', None)
+        if parent is not None and load is False:
+            raise AttributeError('Cannot set keys directly when' + ' within an instantiated list')
+        if hasattr(v, '_utype'):
+            v = v._utype(v)
+        try:
+            t = _D130(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+        except (TypeError, ValueError):
+            raise ValueError({'error-string': 'lower_port must be of a type compatible with inet:port-number', 'defined-type': 'inet:port-number', 'generated-type': 'YANGDynClass(base=RestrictedClassType(base_type=RestrictedClassType(base_type=int, restriction_dict={\'range\': [\'0..65535\']},int_size=16), restriction_dict={\'range\': [\'0..65535\']}), is_leaf=True, yang_name="lower-port", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, is_keyval=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'inet:port-number\', is_config=False)'})
+        self.__lower_port = t
+        if hasattr(self, '_set'):
+            self._set()
+
+    def _unset_lower_port(self):
+        if getattr(self, '_yc_target_port_range_dots_agent__dots_agent_call_home_call_home_server_mitigations_mitigation_scope_conflict_information_conflict_scope_target_port_range__lower_port', None) is not None:
+            del self.__lower_port
+
+    def _get_upper_port(self):
+        """
+    Getter method for upper_port, mapped from YANG variable /dots_agent/call_home/call_home_server/mitigations/mitigation/scope/conflict_information/conflict_scope/target_port_range/upper_port (inet:port-number)
+
+    YANG Description: Upper port number of the port range.
+    """
+        try:
+            return self.__upper_port
+        except AttributeError:
+            self.__upper_port = _D131(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            return self.__upper_port
+
+    def _set_upper_port(self, v, load=False):
+        """
+    Setter method for upper_port, mapped from YANG variable /dots_agent/call_home/call_home_server/mitigations/mitigation/scope/conflict_information/conflict_scope/target_port_range/upper_port (inet:port-number)
+    If this variable is read-only (config: false) in the
+    source YANG file, then _set_upper_port is considered as a private
+    method. Backends looking to populate this variable should
+    do so via calling thisObj._set_upper_port() directly.
+
+    YANG Description: Upper port number of the port range.
+    """
+        if hasattr(v, '_utype'):
+            v = v._utype(v)
+        try:
+            t = _D131(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+        except (TypeError, ValueError):
+            raise ValueError({'error-string': 'upper_port must be of a type compatible with inet:port-number', 'defined-type': 'inet:port-number', 'generated-type': 'YANGDynClass(base=RestrictedClassType(base_type=RestrictedClassType(base_type=int, restriction_dict={\'range\': [\'0..65535\']},int_size=16), restriction_dict={\'range\': [\'0..65535\']}), is_leaf=True, yang_name="upper-port", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'inet:port-number\', is_config=False)'})
+        self.__upper_port = t
+        if hasattr(self, '_set'):
+            self._set()
+
+    def _unset_upper_port(self):
+        if getattr(self, '_yc_target_port_range_dots_agent__dots_agent_call_home_call_home_server_mitigations_mitigation_scope_conflict_information_conflict_scope_target_port_range__upper_port', None) is not None:
+            del self.__upper_port
+    lower_port = __builtin__.property(_get_lower_port)
+    upper_port = __builtin__.property(_get_upper_port)
+    _pyangbind_elements = OrderedDict([('lower_port', lower_port), ('upper_port', upper_port)])
+
+class yc_conflict_scope_dots_agent__dots_agent_call_home_call_home_server_mitigations_mitigation_scope_conflict_information_conflict_scope(PybindBase):
+    """
+  This class was auto-generated by the PythonClass plugin for PYANG
+  from YANG module dots-agent - based on the path /dots-agent/call-home/call-home-server/mitigations/mitigation/scope/conflict-information/conflict-scope. Each member element of
+  the container is represented as a class variable - with a specific
+  YANG type.
+
+  YANG Description: Conflicting scope (overlapping targets).  The RFC 9132
+'acl-list' is not reported: it refers to the DOTS data
+channel datastore.
+  """
+    __slots__ = ('_path_helper', '_extmethods', '__target_prefix', '__target_port_range', '__target_protocol', '__target_fqdn', '__target_uri', '__alias_name', '__mid')
+    _yang_name = 'conflict-scope'
+    _yang_namespace = 'urn:dots-agent:params:xml:ns:yang:dots-agent'
+    _pybind_generated_by = 'container'
+
+    def __init__(self, *args, **kwargs):
+        self._path_helper = False
+        self._extmethods = False
+        load = kwargs.pop('load', None)
+        if args:
+            if len(args) > 1:
+                raise TypeError('cannot create a YANG container with >1 argument')
+            all_attr = True
+            for e in self._pyangbind_elements:
+                if not hasattr(args[0], e):
+                    all_attr = False
+                    break
+            if not all_attr:
+                raise ValueError('Supplied object did not have the correct attributes')
+            for e in self._pyangbind_elements:
+                nobj = getattr(args[0], e)
+                if nobj._changed() is False:
+                    continue
+                setmethod = getattr(self, '_set_%s' % e)
+                if load is None:
+                    setmethod(getattr(args[0], e))
+                else:
+                    setmethod(getattr(args[0], e), load=load)
+
+    def _path(self):
+        if hasattr(self, '_parent'):
+            return self._parent._path() + [self._yang_name]
+        else:
+            return ['dots-agent', 'call-home', 'call-home-server', 'mitigations', 'mitigation', 'scope', 'conflict-information', 'conflict-scope']
+
+    def _get_target_prefix(self):
+        """
+    Getter method for target_prefix, mapped from YANG variable /dots_agent/call_home/call_home_server/mitigations/mitigation/scope/conflict_information/conflict_scope/target_prefix (inet:ip-prefix)
+
+    YANG Description: IPv4 or IPv6 prefix identifying the target.
+    """
+        try:
+            return self.__target_prefix
+        except AttributeError:
+            self.__target_prefix = _D132(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            return self.__target_prefix
+
+    def _set_target_prefix(self, v, load=False):
+        """
+    Setter method for target_prefix, mapped from YANG variable /dots_agent/call_home/call_home_server/mitigations/mitigation/scope/conflict_information/conflict_scope/target_prefix (inet:ip-prefix)
+    If this variable is read-only (config: false) in the
+    source YANG file, then _set_target_prefix is considered as a private
+    method. Backends looking to populate this variable should
+    do so via calling thisObj._set_target_prefix() directly.
+
+    YANG Description: IPv4 or IPv6 prefix identifying the target.
+    """
+        if hasattr(v, '_utype'):
+            v = v._utype(v)
+        try:
+            t = _D132(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+        except (TypeError, ValueError):
+            raise ValueError({'error-string': 'target_prefix must be of a type compatible with inet:ip-prefix', 'defined-type': 'inet:ip-prefix', 'generated-type': 'YANGDynClass(unique=True, base=TypedListType(allowed_type=[RestrictedClassType(base_type=str, restriction_dict={\'pattern\': \'(([0-9]|[1-9][0-9]|1[0-9][0-9]|2[0-4][0-9]|25[0-5])\\.){3}([0-9]|[1-9][0-9]|1[0-9][0-9]|2[0-4][0-9]|25[0-5])/(([0-9])|([1-2][0-9])|(3[0-2]))\'}),RestrictedClassType(base_type=str, restriction_dict={\'pattern\': \'((:|[0-9a-fA-F]{0,4}):)([0-9a-fA-F]{0,4}:){0,5}((([0-9a-fA-F]{0,4}:)?(:|[0-9a-fA-F]{0,4}))|(((25[0-5]|2[0-4][0-9]|[01]?[0-9]?[0-9])\\.){3}(25[0-5]|2[0-4][0-9]|[01]?[0-9]?[0-9])))(/(([0-9])|([0-9]{2})|(1[0-1][0-9])|(12[0-8])))\'}),]), is_leaf=False, yang_name="target-prefix", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'inet:ip-prefix\', is_config=False)'})
+        self.__target_prefix = t
+        if hasattr(self, '_set'):
+            self._set()
+
+    def _unset_target_prefix(self):
+        if getattr(self, '_yc_conflict_scope_dots_agent__dots_agent_call_home_call_home_server_mitigations_mitigation_scope_conflict_information_conflict_scope__target_prefix', None) is not None:
+            del self.__target_prefix
+
+    def _get_target_port_range(self):
+        """
+    Getter method for target_port_range, mapped from YANG variable /dots_agent/call_home/call_home_server/mitigations/mitigation/scope/conflict_information/conflict_scope/target_port_range (list)
+
+    YANG Description: Port range.  When only lower-port is
+present, it represents a single port number.
+    """
+        try:
+            return self.__target_port_range
+        except AttributeError:
+            self.__target_port_range = _D211(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            return self.__target_port_range
+
+    def _set_target_port_range(self, v, load=False):
+        """
+    Setter method for target_port_range, mapped from YANG variable /dots_agent/call_home/call_home_server/mitigations/mitigation/scope/conflict_information/conflict_scope/target_port_range (list)
+    If this variable is read-only (config: false) in the
+    source YANG file, then _set_target_port_range is considered as a private
+    method. Backends looking to populate this variable should
+    do so via calling thisObj._set_target_port_range() directly.
+
+    YANG Description: Port range.  When only lower-port is
+present, it represents a single port number.
+    """
+        if hasattr(v, '_utype'):
+            v = v._utype(v)
+        try:
+            t = _D211(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+        except (TypeError, ValueError):
+            raise ValueError({'error-string': 'target_port_range must be of a type compatible with list', 'defined-type': 'list', 'generated-type': 'YANGDynClass(base=YANGListType("lower_port",yc_target_port_range_dots_agent__dots_agent_call_home_call_home_server_mitigations_mitigation_scope_conflict_information_conflict_scope_target_port_range, yang_name="target-port-range", parent=self, is_container=\'list\', user_ordered=False, path_helper=self._path_helper, yang_keys=\'lower-port\', extensions=None), is_container=\'list\', yang_name="target-port-range", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, extensions=None, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'list\', is_config=False)'})
+        self.__target_port_range = t
+        if hasattr(self, '_set'):
+            self._set()
+
+    def _unset_target_port_range(self):
+        if getattr(self, '_yc_conflict_scope_dots_agent__dots_agent_call_home_call_home_server_mitigations_mitigation_scope_conflict_information_conflict_scope__target_port_range', None) is not None:
+            del self.__target_port_range
+
+    def _get_target_protocol(self):
+        """
+    Getter method for target_protocol, mapped from YANG variable /dots_agent/call_home/call_home_server/mitigations/mitigation/scope/conflict_information/conflict_scope/target_protocol (uint8)
+
+    YANG Description: Identifies the target protocol number.
+
+Values are taken from the IANA protocol registry:
+https://www.iana.org/assignments/protocol-numbers/
+
+For example, 6 for TCP or 17 for UDP.
+    """
+        try:
+            return self.__target_protocol
+        except AttributeError:
+            self.__target_protocol = _D134(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            return self.__target_protocol
+
+    def _set_target_protocol(self, v, load=False):
+        """
+    Setter method for target_protocol, mapped from YANG variable /dots_agent/call_home/call_home_server/mitigations/mitigation/scope/conflict_information/conflict_scope/target_protocol (uint8)
+    If this variable is read-only (config: false) in the
+    source YANG file, then _set_target_protocol is considered as a private
+    method. Backends looking to populate this variable should
+    do so via calling thisObj._set_target_protocol() directly.
+
+    YANG Description: Identifies the target protocol number.
+
+Values are taken from the IANA protocol registry:
+https://www.iana.org/assignments/protocol-numbers/
+
+For example, 6 for TCP or 17 for UDP.
+    """
+        if hasattr(v, '_utype'):
+            v = v._utype(v)
+        try:
+            t = _D134(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+        except (TypeError, ValueError):
+            raise ValueError({'error-string': 'target_protocol must be of a type compatible with uint8', 'defined-type': 'uint8', 'generated-type': 'YANGDynClass(unique=True, base=TypedListType(allowed_type=RestrictedClassType(base_type=int, restriction_dict={\'range\': [\'0..255\']}, int_size=8)), is_leaf=False, yang_name="target-protocol", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'uint8\', is_config=False)'})
+        self.__target_protocol = t
+        if hasattr(self, '_set'):
+            self._set()
+
+    def _unset_target_protocol(self):
+        if getattr(self, '_yc_conflict_scope_dots_agent__dots_agent_call_home_call_home_server_mitigations_mitigation_scope_conflict_information_conflict_scope__target_protocol', None) is not None:
+            del self.__target_protocol
+
+    def _get_target_fqdn(self):
+        """
+    Getter method for target_fqdn, mapped from YANG variable /dots_agent/call_home/call_home_server/mitigations/mitigation/scope/conflict_information/conflict_scope/target_fqdn (inet:domain-name)
+
+    YANG Description: FQDN identifying the target.
+    """
+        try:
+            return self.__target_fqdn
+        except AttributeError:
+            self.__target_fqdn = _D135(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            return self.__target_fqdn
+
+    def _set_target_fqdn(self, v, load=False):
+        """
+    Setter method for target_fqdn, mapped from YANG variable /dots_agent/call_home/call_home_server/mitigations/mitigation/scope/conflict_information/conflict_scope/target_fqdn (inet:domain-name)
+    If this variable is read-only (config: false) in the
+    source YANG file, then _set_target_fqdn is considered as a private
+    method. Backends looking to populate this variable should
+    do so via calling thisObj._set_target_fqdn() directly.
+
+    YANG Description: FQDN identifying the target.
+    """
+        if hasattr(v, '_utype'):
+            v = v._utype(v)
+        try:
+            t = _D135(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+        except (TypeError, ValueError):
+            raise ValueError({'error-string': 'target_fqdn must be of a type compatible with inet:domain-name', 'defined-type': 'inet:domain-name', 'generated-type': 'YANGDynClass(unique=True, base=TypedListType(allowed_type=RestrictedClassType(base_type=str, restriction_dict={\'pattern\': \'((([a-zA-Z0-9_]([a-zA-Z0-9\\-_]){0,61})?[a-zA-Z0-9]\\.)*([a-zA-Z0-9_]([a-zA-Z0-9\\-_]){0,61})?[a-zA-Z0-9]\\.?)|\\.\', \'length\': [\'1..253\']})), is_leaf=False, yang_name="target-fqdn", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'inet:domain-name\', is_config=False)'})
+        self.__target_fqdn = t
+        if hasattr(self, '_set'):
+            self._set()
+
+    def _unset_target_fqdn(self):
+        if getattr(self, '_yc_conflict_scope_dots_agent__dots_agent_call_home_call_home_server_mitigations_mitigation_scope_conflict_information_conflict_scope__target_fqdn', None) is not None:
+            del self.__target_fqdn
+
+    def _get_target_uri(self):
+        """
+    Getter method for target_uri, mapped from YANG variable /dots_agent/call_home/call_home_server/mitigations/mitigation/scope/conflict_information/conflict_scope/target_uri (inet:uri)
+
+    YANG Description: URI identifying the target.
+    """
+        try:
+            return self.__target_uri
+        except AttributeError:
+            self.__target_uri = _D136(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            return self.__target_uri
+
+    def _set_target_uri(self, v, load=False):
+        """
+    Setter method for target_uri, mapped from YANG variable /dots_agent/call_home/call_home_server/mitigations/mitigation/scope/conflict_information/conflict_scope/target_uri (inet:uri)
+    If this variable is read-only (config: false) in the
+    source YANG file, then _set_target_uri is considered as a private
+    method. Backends looking to populate this variable should
+    do so via calling thisObj._set_target_uri() directly.
+
+    YANG Description: URI identifying the target.
+    """
+        if hasattr(v, '_utype'):
+            v = v._utype(v)
+        try:
+            t = _D136(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+        except (TypeError, ValueError):
+            raise ValueError({'error-string': 'target_uri must be of a type compatible with inet:uri', 'defined-type': 'inet:uri', 'generated-type': 'YANGDynClass(unique=True, base=TypedListType(allowed_type=str), is_leaf=False, yang_name="target-uri", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'inet:uri\', is_config=False)'})
+        self.__target_uri = t
+        if hasattr(self, '_set'):
+            self._set()
+
+    def _unset_target_uri(self):
+        if getattr(self, '_yc_conflict_scope_dots_agent__dots_agent_call_home_call_home_server_mitigations_mitigation_scope_conflict_information_conflict_scope__target_uri', None) is not None:
+            del self.__target_uri
+
+    def _get_alias_name(self):
+        """
+    Getter method for alias_name, mapped from YANG variable /dots_agent/call_home/call_home_server/mitigations/mitigation/scope/conflict_information/conflict_scope/alias_name (string)
+
+    YANG Description: Conflicting alias-name.
+    """
+        try:
+            return self.__alias_name
+        except AttributeError:
+            self.__alias_name = _D137(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            return self.__alias_name
+
+    def _set_alias_name(self, v, load=False):
+        """
+    Setter method for alias_name, mapped from YANG variable /dots_agent/call_home/call_home_server/mitigations/mitigation/scope/conflict_information/conflict_scope/alias_name (string)
+    If this variable is read-only (config: false) in the
+    source YANG file, then _set_alias_name is considered as a private
+    method. Backends looking to populate this variable should
+    do so via calling thisObj._set_alias_name() directly.
+
+    YANG Description: Conflicting alias-name.
+    """
+        if hasattr(v, '_utype'):
+            v = v._utype(v)
+        try:
+            t = _D137(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+        except (TypeError, ValueError):
+            raise ValueError({'error-string': 'alias_name must be of a type compatible with string', 'defined-type': 'string', 'generated-type': 'YANGDynClass(unique=True, base=TypedListType(allowed_type=str), is_leaf=False, yang_name="alias-name", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'string\', is_config=False)'})
+        self.__alias_name = t
+        if hasattr(self, '_set'):
+            self._set()
+
+    def _unset_alias_name(self):
+        if getattr(self, '_yc_conflict_scope_dots_agent__dots_agent_call_home_call_home_server_mitigations_mitigation_scope_conflict_information_conflict_scope__alias_name', None) is not None:
+            del self.__alias_name
+
+    def _get_mid(self):
+        """
+    Getter method for mid, mapped from YANG variable /dots_agent/call_home/call_home_server/mitigations/mitigation/scope/conflict_information/conflict_scope/mid (mid)
+
+    YANG Description: Conflicting 'mid' bound to the same DOTS client.
+    """
+        try:
+            return self.__mid
+        except AttributeError:
+            self.__mid = _D138(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            return self.__mid
+
+    def _set_mid(self, v, load=False):
+        """
+    Setter method for mid, mapped from YANG variable /dots_agent/call_home/call_home_server/mitigations/mitigation/scope/conflict_information/conflict_scope/mid (mid)
+    If this variable is read-only (config: false) in the
+    source YANG file, then _set_mid is considered as a private
+    method. Backends looking to populate this variable should
+    do so via calling thisObj._set_mid() directly.
+
+    YANG Description: Conflicting 'mid' bound to the same DOTS client.
+    """
+        if hasattr(v, '_utype'):
+            v = v._utype(v)
+        try:
+            t = _D138(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+        except (TypeError, ValueError):
+            raise ValueError({'error-string': 'mid must be of a type compatible with mid', 'defined-type': 'dots-agent:mid', 'generated-type': 'YANGDynClass(base=RestrictedClassType(base_type=long, restriction_dict={\'range\': [\'0..4294967295\']}, int_size=32), is_leaf=True, yang_name="mid", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'mid\', is_config=False)'})
+        self.__mid = t
+        if hasattr(self, '_set'):
+            self._set()
+
+    def _unset_mid(self):
+        if getattr(self, '_yc_conflict_scope_dots_agent__dots_agent_call_home_call_home_server_mitigations_mitigation_scope_conflict_information_conflict_scope__mid', None) is not None:
+            del self.__mid
+    target_prefix = __builtin__.property(_get_target_prefix)
+    target_port_range = __builtin__.property(_get_target_port_range)
+    target_protocol = __builtin__.property(_get_target_protocol)
+    target_fqdn = __builtin__.property(_get_target_fqdn)
+    target_uri = __builtin__.property(_get_target_uri)
+    alias_name = __builtin__.property(_get_alias_name)
+    mid = __builtin__.property(_get_mid)
+    _pyangbind_elements = OrderedDict([('target_prefix', target_prefix), ('target_port_range', target_port_range), ('target_protocol', target_protocol), ('target_fqdn', target_fqdn), ('target_uri', target_uri), ('alias_name', alias_name), ('mid', mid)])
+
+class yc_conflict_information_dots_agent__dots_agent_call_home_call_home_server_mitigations_mitigation_scope_conflict_information(PybindBase):
+    """
+  This class was auto-generated by the PythonClass plugin for PYANG
+  from YANG module dots-agent - based on the path /dots-agent/call-home/call-home-server/mitigations/mitigation/scope/conflict-information. Each member element of
+  the container is represented as a class variable - with a specific
+  YANG type.
+
+  YANG Description: Conflict detected by the server (RFC 9132).
+  """
+    __slots__ = ('_path_helper', '_extmethods', '__conflict_status', '__conflict_cause', '__retry_timer', '__conflict_scope')
+    _yang_name = 'conflict-information'
+    _yang_namespace = 'urn:dots-agent:params:xml:ns:yang:dots-agent'
+    _pybind_generated_by = 'container'
+
+    def __init__(self, *args, **kwargs):
+        self._path_helper = False
+        self._extmethods = False
+        load = kwargs.pop('load', None)
+        if args:
+            if len(args) > 1:
+                raise TypeError('cannot create a YANG container with >1 argument')
+            all_attr = True
+            for e in self._pyangbind_elements:
+                if not hasattr(args[0], e):
+                    all_attr = False
+                    break
+            if not all_attr:
+                raise ValueError('Supplied object did not have the correct attributes')
+            for e in self._pyangbind_elements:
+                nobj = getattr(args[0], e)
+                if nobj._changed() is False:
+                    continue
+                setmethod = getattr(self, '_set_%s' % e)
+                if load is None:
+                    setmethod(getattr(args[0], e))
+                else:
+                    setmethod(getattr(args[0], e), load=load)
+
+    def _path(self):
+        if hasattr(self, '_parent'):
+            return self._parent._path() + [self._yang_name]
+        else:
+            return ['dots-agent', 'call-home', 'call-home-server', 'mitigations', 'mitigation', 'scope', 'conflict-information']
+
+    def _get_conflict_status(self):
+        """
+    Getter method for conflict_status, mapped from YANG variable /dots_agent/call_home/call_home_server/mitigations/mitigation/scope/conflict_information/conflict_status (iana-dots-signal:conflict-status)
+
+    YANG Description: Conflict status.
+    """
+        try:
+            return self.__conflict_status
+        except AttributeError:
+            self.__conflict_status = _D139(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            return self.__conflict_status
+
+    def _set_conflict_status(self, v, load=False):
+        """
+    Setter method for conflict_status, mapped from YANG variable /dots_agent/call_home/call_home_server/mitigations/mitigation/scope/conflict_information/conflict_status (iana-dots-signal:conflict-status)
+    If this variable is read-only (config: false) in the
+    source YANG file, then _set_conflict_status is considered as a private
+    method. Backends looking to populate this variable should
+    do so via calling thisObj._set_conflict_status() directly.
+
+    YANG Description: Conflict status.
+    """
+        if hasattr(v, '_utype'):
+            v = v._utype(v)
+        try:
+            t = _D139(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+        except (TypeError, ValueError):
+            raise ValueError({'error-string': 'conflict_status must be of a type compatible with iana-dots-signal:conflict-status', 'defined-type': 'iana-dots-signal:conflict-status', 'generated-type': 'YANGDynClass(base=RestrictedClassType(base_type=str,                                     restriction_type="dict_key",                                     restriction_arg={\'request-inactive-other-active\': {\'value\': 1}, \'request-active\': {\'value\': 2}, \'all-requests-inactive\': {\'value\': 3}},), is_leaf=True, yang_name="conflict-status", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'iana-dots-signal:conflict-status\', is_config=False)'})
+        self.__conflict_status = t
+        if hasattr(self, '_set'):
+            self._set()
+
+    def _unset_conflict_status(self):
+        if getattr(self, '_yc_conflict_information_dots_agent__dots_agent_call_home_call_home_server_mitigations_mitigation_scope_conflict_information__conflict_status', None) is not None:
+            del self.__conflict_status
+
+    def _get_conflict_cause(self):
+        """
+    Getter method for conflict_cause, mapped from YANG variable /dots_agent/call_home/call_home_server/mitigations/mitigation/scope/conflict_information/conflict_cause (conflict-cause)
+
+    YANG Description: Cause of the conflict.
+    """
+        try:
+            return self.__conflict_cause
+        except AttributeError:
+            self.__conflict_cause = _D140(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            return self.__conflict_cause
+
+    def _set_conflict_cause(self, v, load=False):
+        """
+    Setter method for conflict_cause, mapped from YANG variable /dots_agent/call_home/call_home_server/mitigations/mitigation/scope/conflict_information/conflict_cause (conflict-cause)
+    If this variable is read-only (config: false) in the
+    source YANG file, then _set_conflict_cause is considered as a private
+    method. Backends looking to populate this variable should
+    do so via calling thisObj._set_conflict_cause() directly.
+
+    YANG Description: Cause of the conflict.
+    """
+        if hasattr(v, '_utype'):
+            v = v._utype(v)
+        try:
+            t = _D140(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+        except (TypeError, ValueError):
+            raise ValueError({'error-string': 'conflict_cause must be of a type compatible with conflict-cause', 'defined-type': 'dots-agent:conflict-cause', 'generated-type': 'YANGDynClass(base=RestrictedClassType(base_type=str,                                     restriction_type="dict_key",                                     restriction_arg={\'overlapping-targets\': {\'value\': 1}, \'conflict-with-acceptlist\': {\'value\': 2}, \'cuid-collision\': {\'value\': 3}},), is_leaf=True, yang_name="conflict-cause", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'conflict-cause\', is_config=False)'})
+        self.__conflict_cause = t
+        if hasattr(self, '_set'):
+            self._set()
+
+    def _unset_conflict_cause(self):
+        if getattr(self, '_yc_conflict_information_dots_agent__dots_agent_call_home_call_home_server_mitigations_mitigation_scope_conflict_information__conflict_cause', None) is not None:
+            del self.__conflict_cause
+
+    def _get_retry_timer(self):
+        """
+    Getter method for retry_timer, mapped from YANG variable /dots_agent/call_home/call_home_server/mitigations/mitigation/scope/conflict_information/retry_timer (uint32)
+
+    YANG Description: The client must not resend the same request before this
+timer expires.
+    """
+        try:
+            return self.__retry_timer
+        except AttributeError:
+            self.__retry_timer = _D141(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            return self.__retry_timer
+
+    def _set_retry_timer(self, v, load=False):
+        """
+    Setter method for retry_timer, mapped from YANG variable /dots_agent/call_home/call_home_server/mitigations/mitigation/scope/conflict_information/retry_timer (uint32)
+    If this variable is read-only (config: false) in the
+    source YANG file, then _set_retry_timer is considered as a private
+    method. Backends looking to populate this variable should
+    do so via calling thisObj._set_retry_timer() directly.
+
+    YANG Description: The client must not resend the same request before this
+timer expires.
+    """
+        if hasattr(v, '_utype'):
+            v = v._utype(v)
+        try:
+            t = _D141(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+        except (TypeError, ValueError):
+            raise ValueError({'error-string': 'retry_timer must be of a type compatible with uint32', 'defined-type': 'uint32', 'generated-type': 'YANGDynClass(base=RestrictedClassType(base_type=long, restriction_dict={\'range\': [\'0..4294967295\']}, int_size=32), is_leaf=True, yang_name="retry-timer", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'uint32\', is_config=False)'})
+        self.__retry_timer = t
+        if hasattr(self, '_set'):
+            self._set()
+
+    def _unset_retry_timer(self):
+        if getattr(self, '_yc_conflict_information_dots_agent__dots_agent_call_home_call_home_server_mitigations_mitigation_scope_conflict_information__retry_timer', None) is not None:
+            del self.__retry_timer
+
+    def _get_conflict_scope(self):
+        """
+    Getter method for conflict_scope, mapped from YANG variable /dots_agent/call_home/call_home_server/mitigations/mitigation/scope/conflict_information/conflict_scope (container)
+
+    YANG Description: Conflicting scope (overlapping targets).  The RFC 9132
+'acl-list' is not reported: it refers to the DOTS data
+channel datastore.
+    """
+        try:
+            return self.__conflict_scope
+        except AttributeError:
+            self.__conflict_scope = _D212(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            return self.__conflict_scope
+
+    def _set_conflict_scope(self, v, load=False):
+        """
+    Setter method for conflict_scope, mapped from YANG variable /dots_agent/call_home/call_home_server/mitigations/mitigation/scope/conflict_information/conflict_scope (container)
+    If this variable is read-only (config: false) in the
+    source YANG file, then _set_conflict_scope is considered as a private
+    method. Backends looking to populate this variable should
+    do so via calling thisObj._set_conflict_scope() directly.
+
+    YANG Description: Conflicting scope (overlapping targets).  The RFC 9132
+'acl-list' is not reported: it refers to the DOTS data
+channel datastore.
+    """
+        if hasattr(v, '_utype'):
+            v = v._utype(v)
+        try:
+            t = _D212(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+        except (TypeError, ValueError):
+            raise ValueError({'error-string': 'conflict_scope must be of a type compatible with container', 'defined-type': 'container', 'generated-type': 'YANGDynClass(base=yc_conflict_scope_dots_agent__dots_agent_call_home_call_home_server_mitigations_mitigation_scope_conflict_information_conflict_scope, is_container=\'container\', yang_name="conflict-scope", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, extensions=None, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'container\', is_config=False)'})
+        self.__conflict_scope = t
+        if hasattr(self, '_set'):
+            self._set()
+
+    def _unset_conflict_scope(self):
+        if getattr(self, '_yc_conflict_information_dots_agent__dots_agent_call_home_call_home_server_mitigations_mitigation_scope_conflict_information__conflict_scope', None) is not None:
+            del self.__conflict_scope
+    conflict_status = __builtin__.property(_get_conflict_status)
+    conflict_cause = __builtin__.property(_get_conflict_cause)
+    retry_timer = __builtin__.property(_get_retry_timer)
+    conflict_scope = __builtin__.property(_get_conflict_scope)
+    _pyangbind_elements = OrderedDict([('conflict_status', conflict_status), ('conflict_cause', conflict_cause), ('retry_timer', retry_timer), ('conflict_scope', conflict_scope)])
+
+class yc_source_port_range_dots_agent__dots_agent_call_home_call_home_server_mitigations_mitigation_scope_source_port_range(PybindBase):
+    """
+  This class was auto-generated by the PythonClass plugin for PYANG
+  from YANG module dots-agent - based on the path /dots-agent/call-home/call-home-server/mitigations/mitigation/scope/source-port-range. Each member element of
+  the container is represented as a class variable - with a specific
+  YANG type.
+
+  YANG Description: Port range.  When only lower-port is present, it
+represents a single port number.
+  """
+    __slots__ = ('_path_helper', '_extmethods', '__lower_port', '__upper_port')
+    _yang_name = 'source-port-range'
+    _yang_namespace = 'urn:dots-agent:params:xml:ns:yang:dots-agent'
+    _pybind_generated_by = 'container'
+
+    def __init__(self, *args, **kwargs):
+        self._path_helper = False
+        self._extmethods = False
+        load = kwargs.pop('load', None)
+        if args:
+            if len(args) > 1:
+                raise TypeError('cannot create a YANG container with >1 argument')
+            all_attr = True
+            for e in self._pyangbind_elements:
+                if not hasattr(args[0], e):
+                    all_attr = False
+                    break
+            if not all_attr:
+                raise ValueError('Supplied object did not have the correct attributes')
+            for e in self._pyangbind_elements:
+                nobj = getattr(args[0], e)
+                if nobj._changed() is False:
+                    continue
+                setmethod = getattr(self, '_set_%s' % e)
+                if load is None:
+                    setmethod(getattr(args[0], e))
+                else:
+                    setmethod(getattr(args[0], e), load=load)
+
+    def _path(self):
+        if hasattr(self, '_parent'):
+            return self._parent._path() + [self._yang_name]
+        else:
+            return ['dots-agent', 'call-home', 'call-home-server', 'mitigations', 'mitigation', 'scope', 'source-port-range']
+
+    def _get_lower_port(self):
+        """
+    Getter method for lower_port, mapped from YANG variable /dots_agent/call_home/call_home_server/mitigations/mitigation/scope/source_port_range/lower_port (inet:port-number)
+
+    YANG Description: Lower port number of the port range.
+    """
+        try:
+            return self.__lower_port
+        except AttributeError:
+            self.__lower_port = _D130(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            return self.__lower_port
+
+    def _set_lower_port(self, v, load=False):
+        """
+    Setter method for lower_port, mapped from YANG variable /dots_agent/call_home/call_home_server/mitigations/mitigation/scope/source_port_range/lower_port (inet:port-number)
+    If this variable is read-only (config: false) in the
+    source YANG file, then _set_lower_port is considered as a private
+    method. Backends looking to populate this variable should
+    do so via calling thisObj._set_lower_port() directly.
+
+    YANG Description: Lower port number of the port range.
+    """
+        parent = getattr(self, '_parent', None)
+        if parent is not None and load is False:
+            raise AttributeError('Cannot set keys directly when' + ' within an instantiated list')
+        if hasattr(v, '_utype'):
+            v = v._utype(v)
+        try:
+            t = _D130(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+        except (TypeError, ValueError):
+            raise ValueError({'error-string': 'lower_port must be of a type compatible with inet:port-number', 'defined-type': 'inet:port-number', 'generated-type': 'YANGDynClass(base=RestrictedClassType(base_type=RestrictedClassType(base_type=int, restriction_dict={\'range\': [\'0..65535\']},int_size=16), restriction_dict={\'range\': [\'0..65535\']}), is_leaf=True, yang_name="lower-port", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, is_keyval=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'inet:port-number\', is_config=False)'})
+        self.__lower_port = t
+        if hasattr(self, '_set'):
+            self._set()
+
+    def _unset_lower_port(self):
+        if getattr(self, '_yc_source_port_range_dots_agent__dots_agent_call_home_call_home_server_mitigations_mitigation_scope_source_port_range__lower_port', None) is not None:
+            del self.__lower_port
+
+    def _get_upper_port(self):
+        """
+    Getter method for upper_port, mapped from YANG variable /dots_agent/call_home/call_home_server/mitigations/mitigation/scope/source_port_range/upper_port (inet:port-number)
+
+    YANG Description: Upper port number of the port range.
+    """
+        try:
+            return self.__upper_port
+        except AttributeError:
+            self.__upper_port = _D131(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            return self.__upper_port
+
+    def _set_upper_port(self, v, load=False):
+        """
+    Setter method for upper_port, mapped from YANG variable /dots_agent/call_home/call_home_server/mitigations/mitigation/scope/source_port_range/upper_port (inet:port-number)
+    If this variable is read-only (config: false) in the
+    source YANG file, then _set_upper_port is considered as a private
+    method. Backends looking to populate this variable should
+    do so via calling thisObj._set_upper_port() directly.
+
+    YANG Description: Upper port number of the port range.
+    """
+        if hasattr(v, '_utype'):
+            v = v._utype(v)
+        try:
+            t = _D131(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+        except (TypeError, ValueError):
+            raise ValueError({'error-string': 'upper_port must be of a type compatible with inet:port-number', 'defined-type': 'inet:port-number', 'generated-type': 'YANGDynClass(base=RestrictedClassType(base_type=RestrictedClassType(base_type=int, restriction_dict={\'range\': [\'0..65535\']},int_size=16), restriction_dict={\'range\': [\'0..65535\']}), is_leaf=True, yang_name="upper-port", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'inet:port-number\', is_config=False)'})
+        self.__upper_port = t
+        if hasattr(self, '_set'):
+            self._set()
+
+    def _unset_upper_port(self):
+        if getattr(self, '_yc_source_port_range_dots_agent__dots_agent_call_home_call_home_server_mitigations_mitigation_scope_source_port_range__upper_port', None) is not None:
+            del self.__upper_port
+    lower_port = __builtin__.property(_get_lower_port)
+    upper_port = __builtin__.property(_get_upper_port)
+    _pyangbind_elements = OrderedDict([('lower_port', lower_port), ('upper_port', upper_port)])
+
+class yc_source_icmp_type_range_dots_agent__dots_agent_call_home_call_home_server_mitigations_mitigation_scope_source_icmp_type_range(PybindBase):
+    """
+  This class was auto-generated by the PythonClass plugin for PYANG
+  from YANG module dots-agent - based on the path /dots-agent/call-home/call-home-server/mitigations/mitigation/scope/source-icmp-type-range. Each member element of
+  the container is represented as a class variable - with a specific
+  YANG type.
+
+  YANG Description: ICMP/ICMPv6 type range.  When only lower-type is present,
+it represents a single ICMP/ICMPv6 type.
+  """
+    __slots__ = ('_path_helper', '_extmethods', '__lower_type', '__upper_type')
+    _yang_name = 'source-icmp-type-range'
+    _yang_namespace = 'urn:dots-agent:params:xml:ns:yang:dots-agent'
+    _pybind_generated_by = 'container'
+
+    def __init__(self, *args, **kwargs):
+        self._path_helper = False
+        self._extmethods = False
+        load = kwargs.pop('load', None)
+        if args:
+            if len(args) > 1:
+                raise TypeError('cannot create a YANG container with >1 argument')
+            all_attr = True
+            for e in self._pyangbind_elements:
+                if not hasattr(args[0], e):
+                    all_attr = False
+                    break
+            if not all_attr:
+                raise ValueError('Supplied object did not have the correct attributes')
+            for e in self._pyangbind_elements:
+                nobj = getattr(args[0], e)
+                if nobj._changed() is False:
+                    continue
+                setmethod = getattr(self, '_set_%s' % e)
+                if load is None:
+                    setmethod(getattr(args[0], e))
+                else:
+                    setmethod(getattr(args[0], e), load=load)
+
+    def _path(self):
+        if hasattr(self, '_parent'):
+            return self._parent._path() + [self._yang_name]
+        else:
+            return ['dots-agent', 'call-home', 'call-home-server', 'mitigations', 'mitigation', 'scope', 'source-icmp-type-range']
+
+    def _get_lower_type(self):
+        """
+    Getter method for lower_type, mapped from YANG variable /dots_agent/call_home/call_home_server/mitigations/mitigation/scope/source_icmp_type_range/lower_type (uint8)
+
+    YANG Description: Lower ICMP/ICMPv6 type of the range.
+    """
+        try:
+            return self.__lower_type
+        except AttributeError:
+            self.__lower_type = _D199(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            return self.__lower_type
+
+    def _set_lower_type(self, v, load=False):
+        """
+    Setter method for lower_type, mapped from YANG variable /dots_agent/call_home/call_home_server/mitigations/mitigation/scope/source_icmp_type_range/lower_type (uint8)
+    If this variable is read-only (config: false) in the
+    source YANG file, then _set_lower_type is considered as a private
+    method. Backends looking to populate this variable should
+    do so via calling thisObj._set_lower_type() directly.
+
+    YANG Description: Lower ICMP/ICMPv6 type of the range.
+    """
+        parent = getattr(self, '_parent', None)
+        if parent is not None and load is False:
+            raise AttributeError('Cannot set keys directly when' + ' within an instantiated list')
+        if hasattr(v, '_utype'):
+            v = v._utype(v)
+        try:
+            t = _D199(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+        except (TypeError, ValueError):
+            raise ValueError({'error-string': 'lower_type must be of a type compatible with uint8', 'defined-type': 'uint8', 'generated-type': 'YANGDynClass(base=RestrictedClassType(base_type=int, restriction_dict={\'range\': [\'0..255\']}, int_size=8), is_leaf=True, yang_name="lower-type", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, is_keyval=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'uint8\', is_config=False)'})
+        self.__lower_type = t
+        if hasattr(self, '_set'):
+            self._set()
+
+    def _unset_lower_type(self):
+        if getattr(self, '_yc_source_icmp_type_range_dots_agent__dots_agent_call_home_call_home_server_mitigations_mitigation_scope_source_icmp_type_range__lower_type', None) is not None:
+            del self.__lower_type
+
+    def _get_upper_type(self):
+        """
+    Getter method for upper_type, mapped from YANG variable /dots_agent/call_home/call_home_server/mitigations/mitigation/scope/source_icmp_type_range/upper_type (uint8)
+
+    YANG Description: Upper ICMP/ICMPv6 type of the range.
+    """
+        try:
+            return self.__upper_type
+        except AttributeError:
+            self.__upper_type = _D200(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            return self.__upper_type
+
+    def _set_upper_type(self, v, load=False):
+        """
+    Setter method for upper_type, mapped from YANG variable /dots_agent/call_home/call_home_server/mitigations/mitigation/scope/source_icmp_type_range/upper_type (uint8)
+    If this variable is read-only (config: false) in the
+    source YANG file, then _set_upper_type is considered as a private
+    method. Backends looking to populate this variable should
+    do so via calling thisObj._set_upper_type() directly.
+
+    YANG Description: Upper ICMP/ICMPv6 type of the range.
+    """
+        if hasattr(v, '_utype'):
+            v = v._utype(v)
+        try:
+            t = _D200(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+        except (TypeError, ValueError):
+            raise ValueError({'error-string': 'upper_type must be of a type compatible with uint8', 'defined-type': 'uint8', 'generated-type': 'YANGDynClass(base=RestrictedClassType(base_type=int, restriction_dict={\'range\': [\'0..255\']}, int_size=8), is_leaf=True, yang_name="upper-type", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'uint8\', is_config=False)'})
+        self.__upper_type = t
+        if hasattr(self, '_set'):
+            self._set()
+
+    def _unset_upper_type(self):
+        if getattr(self, '_yc_source_icmp_type_range_dots_agent__dots_agent_call_home_call_home_server_mitigations_mitigation_scope_source_icmp_type_range__upper_type', None) is not None:
+            del self.__upper_type
+    lower_type = __builtin__.property(_get_lower_type)
+    upper_type = __builtin__.property(_get_upper_type)
+    _pyangbind_elements = OrderedDict([('lower_type', lower_type), ('upper_type', upper_type)])
+
+class yc_scope_dots_agent__dots_agent_call_home_call_home_server_mitigations_mitigation_scope(PybindBase):
+    """
+  This class was auto-generated by the PythonClass plugin for PYANG
+  from YANG module dots-agent - based on the path /dots-agent/call-home/call-home-server/mitigations/mitigation/scope. Each member element of
+  the container is represented as a class variable - with a specific
+  YANG type.
+
+  YANG Description: The scope as reported to the Call Home DOTS client.
+  """
+    __slots__ = ('_path_helper', '_extmethods', '__target_prefix', '__target_port_range', '__target_protocol', '__target_fqdn', '__target_uri', '__alias_name', '__lifetime', '__trigger_mitigation', '__mid', '__mitigation_start', '__status', '__conflict_information', '__bytes_dropped', '__bps_dropped', '__pkts_dropped', '__pps_dropped', '__attack_status', '__source_prefix', '__source_port_range', '__source_icmp_type_range')
+    _yang_name = 'scope'
+    _yang_namespace = 'urn:dots-agent:params:xml:ns:yang:dots-agent'
+    _pybind_generated_by = 'container'
+
+    def __init__(self, *args, **kwargs):
+        self._path_helper = False
+        self._extmethods = False
+        load = kwargs.pop('load', None)
+        if args:
+            if len(args) > 1:
+                raise TypeError('cannot create a YANG container with >1 argument')
+            all_attr = True
+            for e in self._pyangbind_elements:
+                if not hasattr(args[0], e):
+                    all_attr = False
+                    break
+            if not all_attr:
+                raise ValueError('Supplied object did not have the correct attributes')
+            for e in self._pyangbind_elements:
+                nobj = getattr(args[0], e)
+                if nobj._changed() is False:
+                    continue
+                setmethod = getattr(self, '_set_%s' % e)
+                if load is None:
+                    setmethod(getattr(args[0], e))
+                else:
+                    setmethod(getattr(args[0], e), load=load)
+
+    def _path(self):
+        if hasattr(self, '_parent'):
+            return self._parent._path() + [self._yang_name]
+        else:
+            return ['dots-agent', 'call-home', 'call-home-server', 'mitigations', 'mitigation', 'scope']
+
+    def _get_target_prefix(self):
+        """
+    Getter method for target_prefix, mapped from YANG variable /dots_agent/call_home/call_home_server/mitigations/mitigation/scope/target_prefix (inet:ip-prefix)
+
+    YANG Description: IPv4 or IPv6 prefix identifying the target.
+    """
+        try:
+            return self.__target_prefix
+        except AttributeError:
+            self.__target_prefix = _D132(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            return self.__target_prefix
+
+    def _set_target_prefix(self, v, load=False):
+        """
+    Setter method for target_prefix, mapped from YANG variable /dots_agent/call_home/call_home_server/mitigations/mitigation/scope/target_prefix (inet:ip-prefix)
+    If this variable is read-only (config: false) in the
+    source YANG file, then _set_target_prefix is considered as a private
+    method. Backends looking to populate this variable should
+    do so via calling thisObj._set_target_prefix() directly.
+
+    YANG Description: IPv4 or IPv6 prefix identifying the target.
+    """
+        if hasattr(v, '_utype'):
+            v = v._utype(v)
+        try:
+            t = _D132(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+        except (TypeError, ValueError):
+            raise ValueError({'error-string': 'target_prefix must be of a type compatible with inet:ip-prefix', 'defined-type': 'inet:ip-prefix', 'generated-type': 'YANGDynClass(unique=True, base=TypedListType(allowed_type=[RestrictedClassType(base_type=str, restriction_dict={\'pattern\': \'(([0-9]|[1-9][0-9]|1[0-9][0-9]|2[0-4][0-9]|25[0-5])\\.){3}([0-9]|[1-9][0-9]|1[0-9][0-9]|2[0-4][0-9]|25[0-5])/(([0-9])|([1-2][0-9])|(3[0-2]))\'}),RestrictedClassType(base_type=str, restriction_dict={\'pattern\': \'((:|[0-9a-fA-F]{0,4}):)([0-9a-fA-F]{0,4}:){0,5}((([0-9a-fA-F]{0,4}:)?(:|[0-9a-fA-F]{0,4}))|(((25[0-5]|2[0-4][0-9]|[01]?[0-9]?[0-9])\\.){3}(25[0-5]|2[0-4][0-9]|[01]?[0-9]?[0-9])))(/(([0-9])|([0-9]{2})|(1[0-1][0-9])|(12[0-8])))\'}),]), is_leaf=False, yang_name="target-prefix", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'inet:ip-prefix\', is_config=False)'})
+        self.__target_prefix = t
+        if hasattr(self, '_set'):
+            self._set()
+
+    def _unset_target_prefix(self):
+        if getattr(self, '_yc_scope_dots_agent__dots_agent_call_home_call_home_server_mitigations_mitigation_scope__target_prefix', None) is not None:
+            del self.__target_prefix
+
+    def _get_target_port_range(self):
+        """
+    Getter method for target_port_range, mapped from YANG variable /dots_agent/call_home/call_home_server/mitigations/mitigation/scope/target_port_range (list)
+
+    YANG Description: Port range.  When only lower-port is
+present, it represents a single port number.
+    """
+        try:
+            return self.__target_port_range
+        except AttributeError:
+            self.__target_port_range = _D213(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            return self.__target_port_range
+
+    def _set_target_port_range(self, v, load=False):
+        """
+    Setter method for target_port_range, mapped from YANG variable /dots_agent/call_home/call_home_server/mitigations/mitigation/scope/target_port_range (list)
+    If this variable is read-only (config: false) in the
+    source YANG file, then _set_target_port_range is considered as a private
+    method. Backends looking to populate this variable should
+    do so via calling thisObj._set_target_port_range() directly.
+
+    YANG Description: Port range.  When only lower-port is
+present, it represents a single port number.
+    """
+        if hasattr(v, '_utype'):
+            v = v._utype(v)
+        try:
+            t = _D213(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+        except (TypeError, ValueError):
+            raise ValueError({'error-string': 'target_port_range must be of a type compatible with list', 'defined-type': 'list', 'generated-type': 'YANGDynClass(base=YANGListType("lower_port",yc_target_port_range_dots_agent__dots_agent_call_home_call_home_server_mitigations_mitigation_scope_target_port_range, yang_name="target-port-range", parent=self, is_container=\'list\', user_ordered=False, path_helper=self._path_helper, yang_keys=\'lower-port\', extensions=None), is_container=\'list\', yang_name="target-port-range", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, extensions=None, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'list\', is_config=False)'})
+        self.__target_port_range = t
+        if hasattr(self, '_set'):
+            self._set()
+
+    def _unset_target_port_range(self):
+        if getattr(self, '_yc_scope_dots_agent__dots_agent_call_home_call_home_server_mitigations_mitigation_scope__target_port_range', None) is not None:
+            del self.__target_port_range
+
+    def _get_target_protocol(self):
+        """
+    Getter method for target_protocol, mapped from YANG variable /dots_agent/call_home/call_home_server/mitigations/mitigation/scope/target_protocol (uint8)
+
+    YANG Description: Identifies the target protocol number.
+
+Values are taken from the IANA protocol registry:
+https://www.iana.org/assignments/protocol-numbers/
+
+For example, 6 for TCP or 17 for UDP.
+    """
+        try:
+            return self.__target_protocol
+        except AttributeError:
+            self.__target_protocol = _D134(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            return self.__target_protocol
+
+    def _set_target_protocol(self, v, load=False):
+        """
+    Setter method for target_protocol, mapped from YANG variable /dots_agent/call_home/call_home_server/mitigations/mitigation/scope/target_protocol (uint8)
+    If this variable is read-only (config: false) in the
+    source YANG file, then _set_target_protocol is considered as a private
+    method. Backends looking to populate this variable should
+    do so via calling thisObj._set_target_protocol() directly.
+
+    YANG Description: Identifies the target protocol number.
+
+Values are taken from the IANA protocol registry:
+https://www.iana.org/assignments/protocol-numbers/
+
+For example, 6 for TCP or 17 for UDP.
+    """
+        if hasattr(v, '_utype'):
+            v = v._utype(v)
+        try:
+            t = _D134(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+        except (TypeError, ValueError):
+            raise ValueError({'error-string': 'target_protocol must be of a type compatible with uint8', 'defined-type': 'uint8', 'generated-type': 'YANGDynClass(unique=True, base=TypedListType(allowed_type=RestrictedClassType(base_type=int, restriction_dict={\'range\': [\'0..255\']}, int_size=8)), is_leaf=False, yang_name="target-protocol", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'uint8\', is_config=False)'})
+        self.__target_protocol = t
+        if hasattr(self, '_set'):
+            self._set()
+
+    def _unset_target_protocol(self):
+        if getattr(self, '_yc_scope_dots_agent__dots_agent_call_home_call_home_server_mitigations_mitigation_scope__target_protocol', None) is not None:
+            del self.__target_protocol
+
+    def _get_target_fqdn(self):
+        """
+    Getter method for target_fqdn, mapped from YANG variable /dots_agent/call_home/call_home_server/mitigations/mitigation/scope/target_fqdn (inet:domain-name)
+
+    YANG Description: FQDN identifying the target.
+    """
+        try:
+            return self.__target_fqdn
+        except AttributeError:
+            self.__target_fqdn = _D135(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            return self.__target_fqdn
+
+    def _set_target_fqdn(self, v, load=False):
+        """
+    Setter method for target_fqdn, mapped from YANG variable /dots_agent/call_home/call_home_server/mitigations/mitigation/scope/target_fqdn (inet:domain-name)
+    If this variable is read-only (config: false) in the
+    source YANG file, then _set_target_fqdn is considered as a private
+    method. Backends looking to populate this variable should
+    do so via calling thisObj._set_target_fqdn() directly.
+
+    YANG Description: FQDN identifying the target.
+    """
+        if hasattr(v, '_utype'):
+            v = v._utype(v)
+        try:
+            t = _D135(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+        except (TypeError, ValueError):
+            raise ValueError({'error-string': 'target_fqdn must be of a type compatible with inet:domain-name', 'defined-type': 'inet:domain-name', 'generated-type': 'YANGDynClass(unique=True, base=TypedListType(allowed_type=RestrictedClassType(base_type=str, restriction_dict={\'pattern\': \'((([a-zA-Z0-9_]([a-zA-Z0-9\\-_]){0,61})?[a-zA-Z0-9]\\.)*([a-zA-Z0-9_]([a-zA-Z0-9\\-_]){0,61})?[a-zA-Z0-9]\\.?)|\\.\', \'length\': [\'1..253\']})), is_leaf=False, yang_name="target-fqdn", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'inet:domain-name\', is_config=False)'})
+        self.__target_fqdn = t
+        if hasattr(self, '_set'):
+            self._set()
+
+    def _unset_target_fqdn(self):
+        if getattr(self, '_yc_scope_dots_agent__dots_agent_call_home_call_home_server_mitigations_mitigation_scope__target_fqdn', None) is not None:
+            del self.__target_fqdn
+
+    def _get_target_uri(self):
+        """
+    Getter method for target_uri, mapped from YANG variable /dots_agent/call_home/call_home_server/mitigations/mitigation/scope/target_uri (inet:uri)
+
+    YANG Description: URI identifying the target.
+    """
+        try:
+            return self.__target_uri
+        except AttributeError:
+            self.__target_uri = _D136(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            return self.__target_uri
+
+    def _set_target_uri(self, v, load=False):
+        """
+    Setter method for target_uri, mapped from YANG variable /dots_agent/call_home/call_home_server/mitigations/mitigation/scope/target_uri (inet:uri)
+    If this variable is read-only (config: false) in the
+    source YANG file, then _set_target_uri is considered as a private
+    method. Backends looking to populate this variable should
+    do so via calling thisObj._set_target_uri() directly.
+
+    YANG Description: URI identifying the target.
+    """
+        if hasattr(v, '_utype'):
+            v = v._utype(v)
+        try:
+            t = _D136(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+        except (TypeError, ValueError):
+            raise ValueError({'error-string': 'target_uri must be of a type compatible with inet:uri', 'defined-type': 'inet:uri', 'generated-type': 'YANGDynClass(unique=True, base=TypedListType(allowed_type=str), is_leaf=False, yang_name="target-uri", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'inet:uri\', is_config=False)'})
+        self.__target_uri = t
+        if hasattr(self, '_set'):
+            self._set()
+
+    def _unset_target_uri(self):
+        if getattr(self, '_yc_scope_dots_agent__dots_agent_call_home_call_home_server_mitigations_mitigation_scope__target_uri', None) is not None:
+            del self.__target_uri
+
+    def _get_alias_name(self):
+        """
+    Getter method for alias_name, mapped from YANG variable /dots_agent/call_home/call_home_server/mitigations/mitigation/scope/alias_name (string)
+
+    YANG Description: An alias name that points to a resource (RFC 9132).
+    """
+        try:
+            return self.__alias_name
+        except AttributeError:
+            self.__alias_name = _D137(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            return self.__alias_name
+
+    def _set_alias_name(self, v, load=False):
+        """
+    Setter method for alias_name, mapped from YANG variable /dots_agent/call_home/call_home_server/mitigations/mitigation/scope/alias_name (string)
+    If this variable is read-only (config: false) in the
+    source YANG file, then _set_alias_name is considered as a private
+    method. Backends looking to populate this variable should
+    do so via calling thisObj._set_alias_name() directly.
+
+    YANG Description: An alias name that points to a resource (RFC 9132).
+    """
+        if hasattr(v, '_utype'):
+            v = v._utype(v)
+        try:
+            t = _D137(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+        except (TypeError, ValueError):
+            raise ValueError({'error-string': 'alias_name must be of a type compatible with string', 'defined-type': 'string', 'generated-type': 'YANGDynClass(unique=True, base=TypedListType(allowed_type=str), is_leaf=False, yang_name="alias-name", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'string\', is_config=False)'})
+        self.__alias_name = t
+        if hasattr(self, '_set'):
+            self._set()
+
+    def _unset_alias_name(self):
+        if getattr(self, '_yc_scope_dots_agent__dots_agent_call_home_call_home_server_mitigations_mitigation_scope__alias_name', None) is not None:
+            del self.__alias_name
+
+    def _get_lifetime(self):
+        """
+    Getter method for lifetime, mapped from YANG variable /dots_agent/call_home/call_home_server/mitigations/mitigation/scope/lifetime (mitigation-lifetime)
+
+    YANG Description: Lifetime of the mitigation request (RFC 9132).  '0' is
+invalid in a request; -1 asks for an indefinite
+lifetime, which the server may refuse.
+    """
+        try:
+            return self.__lifetime
+        except AttributeError:
+            self.__lifetime = _D144(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            return self.__lifetime
+
+    def _set_lifetime(self, v, load=False):
+        """
+    Setter method for lifetime, mapped from YANG variable /dots_agent/call_home/call_home_server/mitigations/mitigation/scope/lifetime (mitigation-lifetime)
+    If this variable is read-only (config: false) in the
+    source YANG file, then _set_lifetime is considered as a private
+    method. Backends looking to populate this variable should
+    do so via calling thisObj._set_lifetime() directly.
+
+    YANG Description: Lifetime of the mitigation request (RFC 9132).  '0' is
+invalid in a request; -1 asks for an indefinite
+lifetime, which the server may refuse.
+    """
+        if hasattr(v, '_utype'):
+            v = v._utype(v)
+        try:
+            t = _D144(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+        except (TypeError, ValueError):
+            raise ValueError({'error-string': 'lifetime must be of a type compatible with mitigation-lifetime', 'defined-type': 'dots-agent:mitigation-lifetime', 'generated-type': 'YANGDynClass(base=[RestrictedClassType(base_type=long, restriction_dict={\'range\': [\'0..4294967295\']}, int_size=32),RestrictedClassType(base_type=RestrictedClassType(base_type=long, restriction_dict={\'range\': [\'-2147483648..2147483647\']}, int_size=32), restriction_dict={\'range\': [\'-1\']}),], default=RestrictedClassType(base_type=long, restriction_dict={\'range\': [\'-2147483648..2147483647\']}, int_size=32)(3600), is_leaf=True, yang_name="lifetime", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'mitigation-lifetime\', is_config=False)'})
+        self.__lifetime = t
+        if hasattr(self, '_set'):
+            self._set()
+
+    def _unset_lifetime(self):
+        if getattr(self, '_yc_scope_dots_agent__dots_agent_call_home_call_home_server_mitigations_mitigation_scope__lifetime', None) is not None:
+            del self.__lifetime
+
+    def _get_trigger_mitigation(self):
+        """
+    Getter method for trigger_mitigation, mapped from YANG variable /dots_agent/call_home/call_home_server/mitigations/mitigation/scope/trigger_mitigation (boolean)
+
+    YANG Description: If 'false', mitigation is only triggered when the signal
+channel session is lost (RFC 9132).
+    """
+        try:
+            return self.__trigger_mitigation
+        except AttributeError:
+            self.__trigger_mitigation = _D145(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            return self.__trigger_mitigation
+
+    def _set_trigger_mitigation(self, v, load=False):
+        """
+    Setter method for trigger_mitigation, mapped from YANG variable /dots_agent/call_home/call_home_server/mitigations/mitigation/scope/trigger_mitigation (boolean)
+    If this variable is read-only (config: false) in the
+    source YANG file, then _set_trigger_mitigation is considered as a private
+    method. Backends looking to populate this variable should
+    do so via calling thisObj._set_trigger_mitigation() directly.
+
+    YANG Description: If 'false', mitigation is only triggered when the signal
+channel session is lost (RFC 9132).
+    """
+        if hasattr(v, '_utype'):
+            v = v._utype(v)
+        try:
+            t = _D145(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+        except (TypeError, ValueError):
+            raise ValueError({'error-string': 'trigger_mitigation must be of a type compatible with boolean', 'defined-type': 'boolean', 'generated-type': 'YANGDynClass(base=YANGBool, default=YANGBool("true"), is_leaf=True, yang_name="trigger-mitigation", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'boolean\', is_config=False)'})
+        self.__trigger_mitigation = t
+        if hasattr(self, '_set'):
+            self._set()
+
+    def _unset_trigger_mitigation(self):
+        if getattr(self, '_yc_scope_dots_agent__dots_agent_call_home_call_home_server_mitigations_mitigation_scope__trigger_mitigation', None) is not None:
+            del self.__trigger_mitigation
+
+    def _get_mid(self):
+        """
+    Getter method for mid, mapped from YANG variable /dots_agent/call_home/call_home_server/mitigations/mitigation/scope/mid (mid)
+
+    YANG Description: Mitigation request identifier, as carried in the scope of
+server-to-client messages (RFC 9132).
+    """
+        try:
+            return self.__mid
+        except AttributeError:
+            self.__mid = _D138(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            return self.__mid
+
+    def _set_mid(self, v, load=False):
+        """
+    Setter method for mid, mapped from YANG variable /dots_agent/call_home/call_home_server/mitigations/mitigation/scope/mid (mid)
+    If this variable is read-only (config: false) in the
+    source YANG file, then _set_mid is considered as a private
+    method. Backends looking to populate this variable should
+    do so via calling thisObj._set_mid() directly.
+
+    YANG Description: Mitigation request identifier, as carried in the scope of
+server-to-client messages (RFC 9132).
+    """
+        if hasattr(v, '_utype'):
+            v = v._utype(v)
+        try:
+            t = _D138(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+        except (TypeError, ValueError):
+            raise ValueError({'error-string': 'mid must be of a type compatible with mid', 'defined-type': 'dots-agent:mid', 'generated-type': 'YANGDynClass(base=RestrictedClassType(base_type=long, restriction_dict={\'range\': [\'0..4294967295\']}, int_size=32), is_leaf=True, yang_name="mid", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'mid\', is_config=False)'})
+        self.__mid = t
+        if hasattr(self, '_set'):
+            self._set()
+
+    def _unset_mid(self):
+        if getattr(self, '_yc_scope_dots_agent__dots_agent_call_home_call_home_server_mitigations_mitigation_scope__mid', None) is not None:
+            del self.__mid
+
+    def _get_mitigation_start(self):
+        """
+    Getter method for mitigation_start, mapped from YANG variable /dots_agent/call_home/call_home_server/mitigations/mitigation/scope/mitigation_start (uint64)
+
+    YANG Description: Mitigation start time in seconds relative to
+1970-01-01T00:00:00Z (RFC 9132).
+    """
+        try:
+            return self.__mitigation_start
+        except AttributeError:
+            self.__mitigation_start = _D146(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            return self.__mitigation_start
+
+    def _set_mitigation_start(self, v, load=False):
+        """
+    Setter method for mitigation_start, mapped from YANG variable /dots_agent/call_home/call_home_server/mitigations/mitigation/scope/mitigation_start (uint64)
+    If this variable is read-only (config: false) in the
+    source YANG file, then _set_mitigation_start is considered as a private
+    method. Backends looking to populate this variable should
+    do so via calling thisObj._set_mitigation_start() directly.
+
+    YANG Description: Mitigation start time in seconds relative to
+1970-01-01T00:00:00Z (RFC 9132).
+    """
+        if hasattr(v, '_utype'):
+            v = v._utype(v)
+        try:
+            t = _D146(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+        except (TypeError, ValueError):
+            raise ValueError({'error-string': 'mitigation_start must be of a type compatible with uint64', 'defined-type': 'uint64', 'generated-type': 'YANGDynClass(base=RestrictedClassType(base_type=long, restriction_dict={\'range\':  [\'0..18446744073709551615\']}, int_size=64), is_leaf=True, yang_name="mitigation-start", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'uint64\', is_config=False)'})
+        self.__mitigation_start = t
+        if hasattr(self, '_set'):
+            self._set()
+
+    def _unset_mitigation_start(self):
+        if getattr(self, '_yc_scope_dots_agent__dots_agent_call_home_call_home_server_mitigations_mitigation_scope__mitigation_start', None) is not None:
+            del self.__mitigation_start
+
+    def _get_status(self):
+        """
+    Getter method for status, mapped from YANG variable /dots_agent/call_home/call_home_server/mitigations/mitigation/scope/status (iana-dots-signal:status)
+
+    YANG Description: Status of the mitigation request (RFC 9132).
+    """
+        try:
+            return self.__status
+        except AttributeError:
+            self.__status = _D147(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            return self.__status
+
+    def _set_status(self, v, load=False):
+        """
+    Setter method for status, mapped from YANG variable /dots_agent/call_home/call_home_server/mitigations/mitigation/scope/status (iana-dots-signal:status)
+    If this variable is read-only (config: false) in the
+    source YANG file, then _set_status is considered as a private
+    method. Backends looking to populate this variable should
+    do so via calling thisObj._set_status() directly.
+
+    YANG Description: Status of the mitigation request (RFC 9132).
+    """
+        if hasattr(v, '_utype'):
+            v = v._utype(v)
+        try:
+            t = _D147(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+        except (TypeError, ValueError):
+            raise ValueError({'error-string': 'status must be of a type compatible with iana-dots-signal:status', 'defined-type': 'iana-dots-signal:status', 'generated-type': 'YANGDynClass(base=RestrictedClassType(base_type=str,                                     restriction_type="dict_key",                                     restriction_arg={\'attack-mitigation-in-progress\': {\'value\': 1}, \'attack-successfully-mitigated\': {\'value\': 2}, \'attack-stopped\': {\'value\': 3}, \'attack-exceeded-capability\': {\'value\': 4}, \'dots-client-withdrawn-mitigation\': {\'value\': 5}, \'attack-mitigation-terminated\': {\'value\': 6}, \'attack-mitigation-withdrawn\': {\'value\': 7}, \'attack-mitigation-signal-loss\': {\'value\': 8}},), is_leaf=True, yang_name="status", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'iana-dots-signal:status\', is_config=False)'})
+        self.__status = t
+        if hasattr(self, '_set'):
+            self._set()
+
+    def _unset_status(self):
+        if getattr(self, '_yc_scope_dots_agent__dots_agent_call_home_call_home_server_mitigations_mitigation_scope__status', None) is not None:
+            del self.__status
+
+    def _get_conflict_information(self):
+        """
+    Getter method for conflict_information, mapped from YANG variable /dots_agent/call_home/call_home_server/mitigations/mitigation/scope/conflict_information (container)
+
+    YANG Description: Conflict detected by the server (RFC 9132).
+    """
+        try:
+            return self.__conflict_information
+        except AttributeError:
+            self.__conflict_information = _D214(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            return self.__conflict_information
+
+    def _set_conflict_information(self, v, load=False):
+        """
+    Setter method for conflict_information, mapped from YANG variable /dots_agent/call_home/call_home_server/mitigations/mitigation/scope/conflict_information (container)
+    If this variable is read-only (config: false) in the
+    source YANG file, then _set_conflict_information is considered as a private
+    method. Backends looking to populate this variable should
+    do so via calling thisObj._set_conflict_information() directly.
+
+    YANG Description: Conflict detected by the server (RFC 9132).
+    """
+        if hasattr(v, '_utype'):
+            v = v._utype(v)
+        try:
+            t = _D214(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+        except (TypeError, ValueError):
+            raise ValueError({'error-string': 'conflict_information must be of a type compatible with container', 'defined-type': 'container', 'generated-type': 'YANGDynClass(base=yc_conflict_information_dots_agent__dots_agent_call_home_call_home_server_mitigations_mitigation_scope_conflict_information, is_container=\'container\', yang_name="conflict-information", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, extensions=None, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'container\', is_config=False)'})
+        self.__conflict_information = t
+        if hasattr(self, '_set'):
+            self._set()
+
+    def _unset_conflict_information(self):
+        if getattr(self, '_yc_scope_dots_agent__dots_agent_call_home_call_home_server_mitigations_mitigation_scope__conflict_information', None) is not None:
+            del self.__conflict_information
+
+    def _get_bytes_dropped(self):
+        """
+    Getter method for bytes_dropped, mapped from YANG variable /dots_agent/call_home/call_home_server/mitigations/mitigation/scope/bytes_dropped (yang:zero-based-counter64)
+
+    YANG Description: Total dropped bytes since the mitigation was triggered.
+    """
+        try:
+            return self.__bytes_dropped
+        except AttributeError:
+            self.__bytes_dropped = _D149(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            return self.__bytes_dropped
+
+    def _set_bytes_dropped(self, v, load=False):
+        """
+    Setter method for bytes_dropped, mapped from YANG variable /dots_agent/call_home/call_home_server/mitigations/mitigation/scope/bytes_dropped (yang:zero-based-counter64)
+    If this variable is read-only (config: false) in the
+    source YANG file, then _set_bytes_dropped is considered as a private
+    method. Backends looking to populate this variable should
+    do so via calling thisObj._set_bytes_dropped() directly.
+
+    YANG Description: Total dropped bytes since the mitigation was triggered.
+    """
+        if hasattr(v, '_utype'):
+            v = v._utype(v)
+        try:
+            t = _D149(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+        except (TypeError, ValueError):
+            raise ValueError({'error-string': 'bytes_dropped must be of a type compatible with yang:zero-based-counter64', 'defined-type': 'yang:zero-based-counter64', 'generated-type': 'YANGDynClass(base=RestrictedClassType(base_type=long, restriction_dict={\'range\':  [\'0..18446744073709551615\']}, int_size=64), default=RestrictedClassType(base_type=long, restriction_dict={\'range\':  [\'0..18446744073709551615\']}, int_size=64)(0), is_leaf=True, yang_name="bytes-dropped", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'yang:zero-based-counter64\', is_config=False)'})
+        self.__bytes_dropped = t
+        if hasattr(self, '_set'):
+            self._set()
+
+    def _unset_bytes_dropped(self):
+        if getattr(self, '_yc_scope_dots_agent__dots_agent_call_home_call_home_server_mitigations_mitigation_scope__bytes_dropped', None) is not None:
+            del self.__bytes_dropped
+
+    def _get_bps_dropped(self):
+        """
+    Getter method for bps_dropped, mapped from YANG variable /dots_agent/call_home/call_home_server/mitigations/mitigation/scope/bps_dropped (yang:gauge64)
+
+    YANG Description: Average dropped bytes per second since the mitigation was
+triggered.
+    """
+        try:
+            return self.__bps_dropped
+        except AttributeError:
+            self.__bps_dropped = _D150(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            return self.__bps_dropped
+
+    def _set_bps_dropped(self, v, load=False):
+        """
+    Setter method for bps_dropped, mapped from YANG variable /dots_agent/call_home/call_home_server/mitigations/mitigation/scope/bps_dropped (yang:gauge64)
+    If this variable is read-only (config: false) in the
+    source YANG file, then _set_bps_dropped is considered as a private
+    method. Backends looking to populate this variable should
+    do so via calling thisObj._set_bps_dropped() directly.
+
+    YANG Description: Average dropped bytes per second since the mitigation was
+triggered.
+    """
+        if hasattr(v, '_utype'):
+            v = v._utype(v)
+        try:
+            t = _D150(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+        except (TypeError, ValueError):
+            raise ValueError({'error-string': 'bps_dropped must be of a type compatible with yang:gauge64', 'defined-type': 'yang:gauge64', 'generated-type': 'YANGDynClass(base=RestrictedClassType(base_type=long, restriction_dict={\'range\':  [\'0..18446744073709551615\']}, int_size=64), is_leaf=True, yang_name="bps-dropped", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'yang:gauge64\', is_config=False)'})
+        self.__bps_dropped = t
+        if hasattr(self, '_set'):
+            self._set()
+
+    def _unset_bps_dropped(self):
+        if getattr(self, '_yc_scope_dots_agent__dots_agent_call_home_call_home_server_mitigations_mitigation_scope__bps_dropped', None) is not None:
+            del self.__bps_dropped
+
+    def _get_pkts_dropped(self):
+        """
+    Getter method for pkts_dropped, mapped from YANG variable /dots_agent/call_home/call_home_server/mitigations/mitigation/scope/pkts_dropped (yang:zero-based-counter64)
+
+    YANG Description: Total dropped packets since the mitigation was
+triggered.
+    """
+        try:
+            return self.__pkts_dropped
+        except AttributeError:
+            self.__pkts_dropped = _D151(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            return self.__pkts_dropped
+
+    def _set_pkts_dropped(self, v, load=False):
+        """
+    Setter method for pkts_dropped, mapped from YANG variable /dots_agent/call_home/call_home_server/mitigations/mitigation/scope/pkts_dropped (yang:zero-based-counter64)
+    If this variable is read-only (config: false) in the
+    source YANG file, then _set_pkts_dropped is considered as a private
+    method. Backends looking to populate this variable should
+    do so via calling thisObj._set_pkts_dropped() directly.
+
+    YANG Description: Total dropped packets since the mitigation was
+triggered.
+    """
+        if hasattr(v, '_utype'):
+            v = v._utype(v)
+        try:
+            t = _D151(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+        except (TypeError, ValueError):
+            raise ValueError({'error-string': 'pkts_dropped must be of a type compatible with yang:zero-based-counter64', 'defined-type': 'yang:zero-based-counter64', 'generated-type': 'YANGDynClass(base=RestrictedClassType(base_type=long, restriction_dict={\'range\':  [\'0..18446744073709551615\']}, int_size=64), default=RestrictedClassType(base_type=long, restriction_dict={\'range\':  [\'0..18446744073709551615\']}, int_size=64)(0), is_leaf=True, yang_name="pkts-dropped", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'yang:zero-based-counter64\', is_config=False)'})
+        self.__pkts_dropped = t
+        if hasattr(self, '_set'):
+            self._set()
+
+    def _unset_pkts_dropped(self):
+        if getattr(self, '_yc_scope_dots_agent__dots_agent_call_home_call_home_server_mitigations_mitigation_scope__pkts_dropped', None) is not None:
+            del self.__pkts_dropped
+
+    def _get_pps_dropped(self):
+        """
+    Getter method for pps_dropped, mapped from YANG variable /dots_agent/call_home/call_home_server/mitigations/mitigation/scope/pps_dropped (yang:gauge64)
+
+    YANG Description: Average dropped packets per second since the mitigation
+was triggered.
+    """
+        try:
+            return self.__pps_dropped
+        except AttributeError:
+            self.__pps_dropped = _D152(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            return self.__pps_dropped
+
+    def _set_pps_dropped(self, v, load=False):
+        """
+    Setter method for pps_dropped, mapped from YANG variable /dots_agent/call_home/call_home_server/mitigations/mitigation/scope/pps_dropped (yang:gauge64)
+    If this variable is read-only (config: false) in the
+    source YANG file, then _set_pps_dropped is considered as a private
+    method. Backends looking to populate this variable should
+    do so via calling thisObj._set_pps_dropped() directly.
+
+    YANG Description: Average dropped packets per second since the mitigation
+was triggered.
+    """
+        if hasattr(v, '_utype'):
+            v = v._utype(v)
+        try:
+            t = _D152(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+        except (TypeError, ValueError):
+            raise ValueError({'error-string': 'pps_dropped must be of a type compatible with yang:gauge64', 'defined-type': 'yang:gauge64', 'generated-type': 'YANGDynClass(base=RestrictedClassType(base_type=long, restriction_dict={\'range\':  [\'0..18446744073709551615\']}, int_size=64), is_leaf=True, yang_name="pps-dropped", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'yang:gauge64\', is_config=False)'})
+        self.__pps_dropped = t
+        if hasattr(self, '_set'):
+            self._set()
+
+    def _unset_pps_dropped(self):
+        if getattr(self, '_yc_scope_dots_agent__dots_agent_call_home_call_home_server_mitigations_mitigation_scope__pps_dropped', None) is not None:
+            del self.__pps_dropped
+
+    def _get_attack_status(self):
+        """
+    Getter method for attack_status, mapped from YANG variable /dots_agent/call_home/call_home_server/mitigations/mitigation/scope/attack_status (iana-dots-signal:attack-status)
+
+    YANG Description: Attack status last reported by the client in an efficacy
+update (RFC 9132, Section 4.4.3).
+    """
+        try:
+            return self.__attack_status
+        except AttributeError:
+            self.__attack_status = _D153(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            return self.__attack_status
+
+    def _set_attack_status(self, v, load=False):
+        """
+    Setter method for attack_status, mapped from YANG variable /dots_agent/call_home/call_home_server/mitigations/mitigation/scope/attack_status (iana-dots-signal:attack-status)
+    If this variable is read-only (config: false) in the
+    source YANG file, then _set_attack_status is considered as a private
+    method. Backends looking to populate this variable should
+    do so via calling thisObj._set_attack_status() directly.
+
+    YANG Description: Attack status last reported by the client in an efficacy
+update (RFC 9132, Section 4.4.3).
+    """
+        if hasattr(v, '_utype'):
+            v = v._utype(v)
+        try:
+            t = _D153(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+        except (TypeError, ValueError):
+            raise ValueError({'error-string': 'attack_status must be of a type compatible with iana-dots-signal:attack-status', 'defined-type': 'iana-dots-signal:attack-status', 'generated-type': 'YANGDynClass(base=RestrictedClassType(base_type=str,                                     restriction_type="dict_key",                                     restriction_arg={\'under-attack\': {\'value\': 1}, \'attack-successfully-mitigated\': {\'value\': 2}},), is_leaf=True, yang_name="attack-status", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'iana-dots-signal:attack-status\', is_config=False)'})
+        self.__attack_status = t
+        if hasattr(self, '_set'):
+            self._set()
+
+    def _unset_attack_status(self):
+        if getattr(self, '_yc_scope_dots_agent__dots_agent_call_home_call_home_server_mitigations_mitigation_scope__attack_status', None) is not None:
+            del self.__attack_status
+
+    def _get_source_prefix(self):
+        """
+    Getter method for source_prefix, mapped from YANG variable /dots_agent/call_home/call_home_server/mitigations/mitigation/scope/source_prefix (inet:ip-prefix)
+
+    YANG Description: IPv4 or IPv6 prefix identifying the attack source(s).
+    """
+        try:
+            return self.__source_prefix
+        except AttributeError:
+            self.__source_prefix = _D203(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            return self.__source_prefix
+
+    def _set_source_prefix(self, v, load=False):
+        """
+    Setter method for source_prefix, mapped from YANG variable /dots_agent/call_home/call_home_server/mitigations/mitigation/scope/source_prefix (inet:ip-prefix)
+    If this variable is read-only (config: false) in the
+    source YANG file, then _set_source_prefix is considered as a private
+    method. Backends looking to populate this variable should
+    do so via calling thisObj._set_source_prefix() directly.
+
+    YANG Description: IPv4 or IPv6 prefix identifying the attack source(s).
+    """
+        if hasattr(v, '_utype'):
+            v = v._utype(v)
+        try:
+            t = _D203(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+        except (TypeError, ValueError):
+            raise ValueError({'error-string': 'source_prefix must be of a type compatible with inet:ip-prefix', 'defined-type': 'inet:ip-prefix', 'generated-type': 'YANGDynClass(unique=True, base=TypedListType(allowed_type=[RestrictedClassType(base_type=str, restriction_dict={\'pattern\': \'(([0-9]|[1-9][0-9]|1[0-9][0-9]|2[0-4][0-9]|25[0-5])\\.){3}([0-9]|[1-9][0-9]|1[0-9][0-9]|2[0-4][0-9]|25[0-5])/(([0-9])|([1-2][0-9])|(3[0-2]))\'}),RestrictedClassType(base_type=str, restriction_dict={\'pattern\': \'((:|[0-9a-fA-F]{0,4}):)([0-9a-fA-F]{0,4}:){0,5}((([0-9a-fA-F]{0,4}:)?(:|[0-9a-fA-F]{0,4}))|(((25[0-5]|2[0-4][0-9]|[01]?[0-9]?[0-9])\\.){3}(25[0-5]|2[0-4][0-9]|[01]?[0-9]?[0-9])))(/(([0-9])|([0-9]{2})|(1[0-1][0-9])|(12[0-8])))\'}),]), is_leaf=False, yang_name="source-prefix", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'inet:ip-prefix\', is_config=False)'})
+        self.__source_prefix = t
+        if hasattr(self, '_set'):
+            self._set()
+
+    def _unset_source_prefix(self):
+        if getattr(self, '_yc_scope_dots_agent__dots_agent_call_home_call_home_server_mitigations_mitigation_scope__source_prefix', None) is not None:
+            del self.__source_prefix
+
+    def _get_source_port_range(self):
+        """
+    Getter method for source_port_range, mapped from YANG variable /dots_agent/call_home/call_home_server/mitigations/mitigation/scope/source_port_range (list)
+
+    YANG Description: Port range.  When only lower-port is present, it
+represents a single port number.
+    """
+        try:
+            return self.__source_port_range
+        except AttributeError:
+            self.__source_port_range = _D215(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            return self.__source_port_range
+
+    def _set_source_port_range(self, v, load=False):
+        """
+    Setter method for source_port_range, mapped from YANG variable /dots_agent/call_home/call_home_server/mitigations/mitigation/scope/source_port_range (list)
+    If this variable is read-only (config: false) in the
+    source YANG file, then _set_source_port_range is considered as a private
+    method. Backends looking to populate this variable should
+    do so via calling thisObj._set_source_port_range() directly.
+
+    YANG Description: Port range.  When only lower-port is present, it
+represents a single port number.
+    """
+        if hasattr(v, '_utype'):
+            v = v._utype(v)
+        try:
+            t = _D215(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+        except (TypeError, ValueError):
+            raise ValueError({'error-string': 'source_port_range must be of a type compatible with list', 'defined-type': 'list', 'generated-type': 'YANGDynClass(base=YANGListType("lower_port",yc_source_port_range_dots_agent__dots_agent_call_home_call_home_server_mitigations_mitigation_scope_source_port_range, yang_name="source-port-range", parent=self, is_container=\'list\', user_ordered=False, path_helper=self._path_helper, yang_keys=\'lower-port\', extensions=None), is_container=\'list\', yang_name="source-port-range", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, extensions=None, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'list\', is_config=False)'})
+        self.__source_port_range = t
+        if hasattr(self, '_set'):
+            self._set()
+
+    def _unset_source_port_range(self):
+        if getattr(self, '_yc_scope_dots_agent__dots_agent_call_home_call_home_server_mitigations_mitigation_scope__source_port_range', None) is not None:
+            del self.__source_port_range
+
+    def _get_source_icmp_type_range(self):
+        """
+    Getter method for source_icmp_type_range, mapped from YANG variable /dots_agent/call_home/call_home_server/mitigations/mitigation/scope/source_icmp_type_range (list)
+
+    YANG Description: ICMP/ICMPv6 type range.  When only lower-type is present,
+it represents a single ICMP/ICMPv6 type.
+    """
+        try:
+            return self.__source_icmp_type_range
+        except AttributeError:
+            self.__source_icmp_type_range = _D216(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            return self.__source_icmp_type_range
+
+    def _set_source_icmp_type_range(self, v, load=False):
+        """
+    Setter method for source_icmp_type_range, mapped from YANG variable /dots_agent/call_home/call_home_server/mitigations/mitigation/scope/source_icmp_type_range (list)
+    If this variable is read-only (config: false) in the
+    source YANG file, then _set_source_icmp_type_range is considered as a private
+    method. Backends looking to populate this variable should
+    do so via calling thisObj._set_source_icmp_type_range() directly.
+
+    YANG Description: ICMP/ICMPv6 type range.  When only lower-type is present,
+it represents a single ICMP/ICMPv6 type.
+    """
+        if hasattr(v, '_utype'):
+            v = v._utype(v)
+        try:
+            t = _D216(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+        except (TypeError, ValueError):
+            raise ValueError({'error-string': 'source_icmp_type_range must be of a type compatible with list', 'defined-type': 'list', 'generated-type': 'YANGDynClass(base=YANGListType("lower_type",yc_source_icmp_type_range_dots_agent__dots_agent_call_home_call_home_server_mitigations_mitigation_scope_source_icmp_type_range, yang_name="source-icmp-type-range", parent=self, is_container=\'list\', user_ordered=False, path_helper=self._path_helper, yang_keys=\'lower-type\', extensions=None), is_container=\'list\', yang_name="source-icmp-type-range", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, extensions=None, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'list\', is_config=False)'})
+        self.__source_icmp_type_range = t
+        if hasattr(self, '_set'):
+            self._set()
+
+    def _unset_source_icmp_type_range(self):
+        if getattr(self, '_yc_scope_dots_agent__dots_agent_call_home_call_home_server_mitigations_mitigation_scope__source_icmp_type_range', None) is not None:
+            del self.__source_icmp_type_range
+    target_prefix = __builtin__.property(_get_target_prefix)
+    target_port_range = __builtin__.property(_get_target_port_range)
+    target_protocol = __builtin__.property(_get_target_protocol)
+    target_fqdn = __builtin__.property(_get_target_fqdn)
+    target_uri = __builtin__.property(_get_target_uri)
+    alias_name = __builtin__.property(_get_alias_name)
+    lifetime = __builtin__.property(_get_lifetime)
+    trigger_mitigation = __builtin__.property(_get_trigger_mitigation)
+    mid = __builtin__.property(_get_mid)
+    mitigation_start = __builtin__.property(_get_mitigation_start)
+    status = __builtin__.property(_get_status)
+    conflict_information = __builtin__.property(_get_conflict_information)
+    bytes_dropped = __builtin__.property(_get_bytes_dropped)
+    bps_dropped = __builtin__.property(_get_bps_dropped)
+    pkts_dropped = __builtin__.property(_get_pkts_dropped)
+    pps_dropped = __builtin__.property(_get_pps_dropped)
+    attack_status = __builtin__.property(_get_attack_status)
+    source_prefix = __builtin__.property(_get_source_prefix)
+    source_port_range = __builtin__.property(_get_source_port_range)
+    source_icmp_type_range = __builtin__.property(_get_source_icmp_type_range)
+    _pyangbind_elements = OrderedDict([('target_prefix', target_prefix), ('target_port_range', target_port_range), ('target_protocol', target_protocol), ('target_fqdn', target_fqdn), ('target_uri', target_uri), ('alias_name', alias_name), ('lifetime', lifetime), ('trigger_mitigation', trigger_mitigation), ('mid', mid), ('mitigation_start', mitigation_start), ('status', status), ('conflict_information', conflict_information), ('bytes_dropped', bytes_dropped), ('bps_dropped', bps_dropped), ('pkts_dropped', pkts_dropped), ('pps_dropped', pps_dropped), ('attack_status', attack_status), ('source_prefix', source_prefix), ('source_port_range', source_port_range), ('source_icmp_type_range', source_icmp_type_range)])
+
+class yc_mitigation_dots_agent__dots_agent_call_home_call_home_server_mitigations_mitigation(PybindBase):
+    """
+  This class was auto-generated by the PythonClass plugin for PYANG
+  from YANG module dots-agent - based on the path /dots-agent/call-home/call-home-server/mitigations/mitigation. Each member element of
+  the container is represented as a class variable - with a specific
+  YANG type.
+
+  YANG Description: A Call Home mitigation request.
+  """
+    __slots__ = ('_path_helper', '_extmethods', '__cuid', '__mid', '__peer', '__created', '__last_updated', '__pending_consent', '__enforced_source_prefix', '__scope')
+    _yang_name = 'mitigation'
+    _yang_namespace = 'urn:dots-agent:params:xml:ns:yang:dots-agent'
+    _pybind_generated_by = 'container'
+
+    def __init__(self, *args, **kwargs):
+        self._path_helper = False
+        self._extmethods = False
+        load = kwargs.pop('load', None)
+        if args:
+            if len(args) > 1:
+                raise TypeError('cannot create a YANG container with >1 argument')
+            all_attr = True
+            for e in self._pyangbind_elements:
+                if not hasattr(args[0], e):
+                    all_attr = False
+                    break
+            if not all_attr:
+                raise ValueError('Supplied object did not have the correct attributes')
+            for e in self._pyangbind_elements:
+                nobj = getattr(args[0], e)
+                if nobj._changed() is False:
+                    continue
+                setmethod = getattr(self, '_set_%s' % e)
+                if load is None:
+                    setmethod(getattr(args[0], e))
+                else:
+                    setmethod(getattr(args[0], e), load=load)
+
+    def _path(self):
+        if hasattr(self, '_parent'):
+            return self._parent._path() + [self._yang_name]
+        else:
+            return ['dots-agent', 'call-home', 'call-home-server', 'mitigations', 'mitigation']
+
+    def _get_cuid(self):
+        """
+    Getter method for cuid, mapped from YANG variable /dots_agent/call_home/call_home_server/mitigations/mitigation/cuid (cuid)
+
+    YANG Description: Client identifier of the Call Home DOTS client.
+    """
+        try:
+            return self.__cuid
+        except AttributeError:
+            self.__cuid = _D154(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            return self.__cuid
+
+    def _set_cuid(self, v, load=False):
+        """
+    Setter method for cuid, mapped from YANG variable /dots_agent/call_home/call_home_server/mitigations/mitigation/cuid (cuid)
+    If this variable is read-only (config: false) in the
+    source YANG file, then _set_cuid is considered as a private
+    method. Backends looking to populate this variable should
+    do so via calling thisObj._set_cuid() directly.
+
+    YANG Description: Client identifier of the Call Home DOTS client.
+    """
+        parent = getattr(self, '_parent', None)
+        if parent is not None and load is False:
+            raise AttributeError('Cannot set keys directly when' + ' within an instantiated list')
+        if hasattr(v, '_utype'):
+            v = v._utype(v)
+        try:
+            t = _D154(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+        except (TypeError, ValueError):
+            raise ValueError({'error-string': 'cuid must be of a type compatible with cuid', 'defined-type': 'dots-agent:cuid', 'generated-type': 'YANGDynClass(base=RestrictedClassType(base_type=str, restriction_dict={\'length\': [\'1..255\']}), is_leaf=True, yang_name="cuid", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, is_keyval=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'cuid\', is_config=False)'})
+        self.__cuid = t
+        if hasattr(self, '_set'):
+            self._set()
+
+    def _unset_cuid(self):
+        if getattr(self, '_yc_mitigation_dots_agent__dots_agent_call_home_call_home_server_mitigations_mitigation__cuid', None) is not None:
+            del self.__cuid
+
+    def _get_mid(self):
+        """
+    Getter method for mid, mapped from YANG variable /dots_agent/call_home/call_home_server/mitigations/mitigation/mid (mid)
+
+    YANG Description: Mitigation request identifier.
+    """
+        try:
+            return self.__mid
+        except AttributeError:
+            self.__mid = _D155(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            return self.__mid
+
+    def _set_mid(self, v, load=False):
+        """
+    Setter method for mid, mapped from YANG variable /dots_agent/call_home/call_home_server/mitigations/mitigation/mid (mid)
+    If this variable is read-only (config: false) in the
+    source YANG file, then _set_mid is considered as a private
+    method. Backends looking to populate this variable should
+    do so via calling thisObj._set_mid() directly.
+
+    YANG Description: Mitigation request identifier.
+    """
+        parent = getattr(self, '_parent', None)
+        if parent is not None and load is False:
+            raise AttributeError('Cannot set keys directly when' + ' within an instantiated list')
+        if hasattr(v, '_utype'):
+            v = v._utype(v)
+        try:
+            t = _D155(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+        except (TypeError, ValueError):
+            raise ValueError({'error-string': 'mid must be of a type compatible with mid', 'defined-type': 'dots-agent:mid', 'generated-type': 'YANGDynClass(base=RestrictedClassType(base_type=long, restriction_dict={\'range\': [\'0..4294967295\']}, int_size=32), is_leaf=True, yang_name="mid", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, is_keyval=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'mid\', is_config=False)'})
+        self.__mid = t
+        if hasattr(self, '_set'):
+            self._set()
+
+    def _unset_mid(self):
+        if getattr(self, '_yc_mitigation_dots_agent__dots_agent_call_home_call_home_server_mitigations_mitigation__mid', None) is not None:
+            del self.__mid
+
+    def _get_peer(self):
+        """
+    Getter method for peer, mapped from YANG variable /dots_agent/call_home/call_home_server/mitigations/mitigation/peer (string)
+
+    YANG Description: Name of the 'peer' the request came from.
+    """
+        try:
+            return self.__peer
+        except AttributeError:
+            self.__peer = _D206(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            return self.__peer
+
+    def _set_peer(self, v, load=False):
+        """
+    Setter method for peer, mapped from YANG variable /dots_agent/call_home/call_home_server/mitigations/mitigation/peer (string)
+    If this variable is read-only (config: false) in the
+    source YANG file, then _set_peer is considered as a private
+    method. Backends looking to populate this variable should
+    do so via calling thisObj._set_peer() directly.
+
+    YANG Description: Name of the 'peer' the request came from.
+    """
+        if hasattr(v, '_utype'):
+            v = v._utype(v)
+        try:
+            t = _D206(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+        except (TypeError, ValueError):
+            raise ValueError({'error-string': 'peer must be of a type compatible with string', 'defined-type': 'string', 'generated-type': 'YANGDynClass(base=str, is_leaf=True, yang_name="peer", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'string\', is_config=False)'})
+        self.__peer = t
+        if hasattr(self, '_set'):
+            self._set()
+
+    def _unset_peer(self):
+        if getattr(self, '_yc_mitigation_dots_agent__dots_agent_call_home_call_home_server_mitigations_mitigation__peer', None) is not None:
+            del self.__peer
+
+    def _get_created(self):
+        """
+    Getter method for created, mapped from YANG variable /dots_agent/call_home/call_home_server/mitigations/mitigation/created (yang:date-and-time)
+
+    YANG Description: When the request was first received.
+    """
+        try:
+            return self.__created
+        except AttributeError:
+            self.__created = _D157(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            return self.__created
+
+    def _set_created(self, v, load=False):
+        """
+    Setter method for created, mapped from YANG variable /dots_agent/call_home/call_home_server/mitigations/mitigation/created (yang:date-and-time)
+    If this variable is read-only (config: false) in the
+    source YANG file, then _set_created is considered as a private
+    method. Backends looking to populate this variable should
+    do so via calling thisObj._set_created() directly.
+
+    YANG Description: When the request was first received.
+    """
+        if hasattr(v, '_utype'):
+            v = v._utype(v)
+        try:
+            t = _D157(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+        except (TypeError, ValueError):
+            raise ValueError({'error-string': 'created must be of a type compatible with yang:date-and-time', 'defined-type': 'yang:date-and-time', 'generated-type': 'YANGDynClass(base=RestrictedClassType(base_type=str, restriction_dict={\'pattern\': \'\\d{4}-\\d{2}-\\d{2}T\\d{2}:\\d{2}:\\d{2}(\\.\\d+)?(Z|[\\+\\-]\\d{2}:\\d{2})\'}), is_leaf=True, yang_name="created", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'yang:date-and-time\', is_config=False)'})
+        self.__created = t
+        if hasattr(self, '_set'):
+            self._set()
+
+    def _unset_created(self):
+        if getattr(self, '_yc_mitigation_dots_agent__dots_agent_call_home_call_home_server_mitigations_mitigation__created', None) is not None:
+            del self.__created
+
+    def _get_last_updated(self):
+        """
+    Getter method for last_updated, mapped from YANG variable /dots_agent/call_home/call_home_server/mitigations/mitigation/last_updated (yang:date-and-time)
+
+    YANG Description: When the request last changed.
+    """
+        try:
+            return self.__last_updated
+        except AttributeError:
+            self.__last_updated = _D158(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            return self.__last_updated
+
+    def _set_last_updated(self, v, load=False):
+        """
+    Setter method for last_updated, mapped from YANG variable /dots_agent/call_home/call_home_server/mitigations/mitigation/last_updated (yang:date-and-time)
+    If this variable is read-only (config: false) in the
+    source YANG file, then _set_last_updated is considered as a private
+    method. Backends looking to populate this variable should
+    do so via calling thisObj._set_last_updated() directly.
+
+    YANG Description: When the request last changed.
+    """
+        if hasattr(v, '_utype'):
+            v = v._utype(v)
+        try:
+            t = _D158(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+        except (TypeError, ValueError):
+            raise ValueError({'error-string': 'last_updated must be of a type compatible with yang:date-and-time', 'defined-type': 'yang:date-and-time', 'generated-type': 'YANGDynClass(base=RestrictedClassType(base_type=str, restriction_dict={\'pattern\': \'\\d{4}-\\d{2}-\\d{2}T\\d{2}:\\d{2}:\\d{2}(\\.\\d+)?(Z|[\\+\\-]\\d{2}:\\d{2})\'}), is_leaf=True, yang_name="last-updated", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'yang:date-and-time\', is_config=False)'})
+        self.__last_updated = t
+        if hasattr(self, '_set'):
+            self._set()
+
+    def _unset_last_updated(self):
+        if getattr(self, '_yc_mitigation_dots_agent__dots_agent_call_home_call_home_server_mitigations_mitigation__last_updated', None) is not None:
+            del self.__last_updated
+
+    def _get_pending_consent(self):
+        """
+    Getter method for pending_consent, mapped from YANG variable /dots_agent/call_home/call_home_server/mitigations/mitigation/pending_consent (boolean)
+
+    YANG Description: Whether the request waits in 'pending-approvals'.
+    """
+        try:
+            return self.__pending_consent
+        except AttributeError:
+            self.__pending_consent = _D217(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            return self.__pending_consent
+
+    def _set_pending_consent(self, v, load=False):
+        """
+    Setter method for pending_consent, mapped from YANG variable /dots_agent/call_home/call_home_server/mitigations/mitigation/pending_consent (boolean)
+    If this variable is read-only (config: false) in the
+    source YANG file, then _set_pending_consent is considered as a private
+    method. Backends looking to populate this variable should
+    do so via calling thisObj._set_pending_consent() directly.
+
+    YANG Description: Whether the request waits in 'pending-approvals'.
+    """
+        if hasattr(v, '_utype'):
+            v = v._utype(v)
+        try:
+            t = _D217(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+        except (TypeError, ValueError):
+            raise ValueError({'error-string': 'pending_consent must be of a type compatible with boolean', 'defined-type': 'boolean', 'generated-type': 'YANGDynClass(base=YANGBool, is_leaf=True, yang_name="pending-consent", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'boolean\', is_config=False)'})
+        self.__pending_consent = t
+        if hasattr(self, '_set'):
+            self._set()
+
+    def _unset_pending_consent(self):
+        if getattr(self, '_yc_mitigation_dots_agent__dots_agent_call_home_call_home_server_mitigations_mitigation__pending_consent', None) is not None:
+            del self.__pending_consent
+
+    def _get_enforced_source_prefix(self):
+        """
+    Getter method for enforced_source_prefix, mapped from YANG variable /dots_agent/call_home/call_home_server/mitigations/mitigation/enforced_source_prefix (inet:ip-prefix)
+
+    YANG Description: Internal sources blocked for this request: the
+'source-prefix' values, after NAT44 translation
+(RFC 9066, Section 5.3.2).
+    """
+        try:
+            return self.__enforced_source_prefix
+        except AttributeError:
+            self.__enforced_source_prefix = _D218(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            return self.__enforced_source_prefix
+
+    def _set_enforced_source_prefix(self, v, load=False):
+        """
+    Setter method for enforced_source_prefix, mapped from YANG variable /dots_agent/call_home/call_home_server/mitigations/mitigation/enforced_source_prefix (inet:ip-prefix)
+    If this variable is read-only (config: false) in the
+    source YANG file, then _set_enforced_source_prefix is considered as a private
+    method. Backends looking to populate this variable should
+    do so via calling thisObj._set_enforced_source_prefix() directly.
+
+    YANG Description: Internal sources blocked for this request: the
+'source-prefix' values, after NAT44 translation
+(RFC 9066, Section 5.3.2).
+    """
+        if hasattr(v, '_utype'):
+            v = v._utype(v)
+        try:
+            t = _D218(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+        except (TypeError, ValueError):
+            raise ValueError({'error-string': 'enforced_source_prefix must be of a type compatible with inet:ip-prefix', 'defined-type': 'inet:ip-prefix', 'generated-type': 'YANGDynClass(unique=True, base=TypedListType(allowed_type=[RestrictedClassType(base_type=str, restriction_dict={\'pattern\': \'(([0-9]|[1-9][0-9]|1[0-9][0-9]|2[0-4][0-9]|25[0-5])\\.){3}([0-9]|[1-9][0-9]|1[0-9][0-9]|2[0-4][0-9]|25[0-5])/(([0-9])|([1-2][0-9])|(3[0-2]))\'}),RestrictedClassType(base_type=str, restriction_dict={\'pattern\': \'((:|[0-9a-fA-F]{0,4}):)([0-9a-fA-F]{0,4}:){0,5}((([0-9a-fA-F]{0,4}:)?(:|[0-9a-fA-F]{0,4}))|(((25[0-5]|2[0-4][0-9]|[01]?[0-9]?[0-9])\\.){3}(25[0-5]|2[0-4][0-9]|[01]?[0-9]?[0-9])))(/(([0-9])|([0-9]{2})|(1[0-1][0-9])|(12[0-8])))\'}),]), is_leaf=False, yang_name="enforced-source-prefix", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'inet:ip-prefix\', is_config=False)'})
+        self.__enforced_source_prefix = t
+        if hasattr(self, '_set'):
+            self._set()
+
+    def _unset_enforced_source_prefix(self):
+        if getattr(self, '_yc_mitigation_dots_agent__dots_agent_call_home_call_home_server_mitigations_mitigation__enforced_source_prefix', None) is not None:
+            del self.__enforced_source_prefix
+
+    def _get_scope(self):
+        """
+    Getter method for scope, mapped from YANG variable /dots_agent/call_home/call_home_server/mitigations/mitigation/scope (container)
+
+    YANG Description: The scope as reported to the Call Home DOTS client.
+    """
+        try:
+            return self.__scope
+        except AttributeError:
+            self.__scope = _D219(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            return self.__scope
+
+    def _set_scope(self, v, load=False):
+        """
+    Setter method for scope, mapped from YANG variable /dots_agent/call_home/call_home_server/mitigations/mitigation/scope (container)
+    If this variable is read-only (config: false) in the
+    source YANG file, then _set_scope is considered as a private
+    method. Backends looking to populate this variable should
+    do so via calling thisObj._set_scope() directly.
+
+    YANG Description: The scope as reported to the Call Home DOTS client.
+    """
+        if hasattr(v, '_utype'):
+            v = v._utype(v)
+        try:
+            t = _D219(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+        except (TypeError, ValueError):
+            raise ValueError({'error-string': 'scope must be of a type compatible with container', 'defined-type': 'container', 'generated-type': 'YANGDynClass(base=yc_scope_dots_agent__dots_agent_call_home_call_home_server_mitigations_mitigation_scope, is_container=\'container\', yang_name="scope", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, extensions=None, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'container\', is_config=False)'})
+        self.__scope = t
+        if hasattr(self, '_set'):
+            self._set()
+
+    def _unset_scope(self):
+        if getattr(self, '_yc_mitigation_dots_agent__dots_agent_call_home_call_home_server_mitigations_mitigation__scope', None) is not None:
+            del self.__scope
+    cuid = __builtin__.property(_get_cuid)
+    mid = __builtin__.property(_get_mid)
+    peer = __builtin__.property(_get_peer)
+    created = __builtin__.property(_get_created)
+    last_updated = __builtin__.property(_get_last_updated)
+    pending_consent = __builtin__.property(_get_pending_consent)
+    enforced_source_prefix = __builtin__.property(_get_enforced_source_prefix)
+    scope = __builtin__.property(_get_scope)
+    _pyangbind_elements = OrderedDict([('cuid', cuid), ('mid', mid), ('peer', peer), ('created', created), ('last_updated', last_updated), ('pending_consent', pending_consent), ('enforced_source_prefix', enforced_source_prefix), ('scope', scope)])
+
+class yc_mitigations_dots_agent__dots_agent_call_home_call_home_server_mitigations(PybindBase):
+    """
+  This class was auto-generated by the PythonClass plugin for PYANG
+  from YANG module dots-agent - based on the path /dots-agent/call-home/call-home-server/mitigations. Each member element of
+  the container is represented as a class variable - with a specific
+  YANG type.
+
+  YANG Description: Call Home mitigation requests received from Call Home
+DOTS clients, with their enforcement.
+  """
+    __slots__ = ('_path_helper', '_extmethods', '__mitigation')
+    _yang_name = 'mitigations'
+    _yang_namespace = 'urn:dots-agent:params:xml:ns:yang:dots-agent'
+    _pybind_generated_by = 'container'
+
+    def __init__(self, *args, **kwargs):
+        self._path_helper = False
+        self._extmethods = False
+        load = kwargs.pop('load', None)
+        if args:
+            if len(args) > 1:
+                raise TypeError('cannot create a YANG container with >1 argument')
+            all_attr = True
+            for e in self._pyangbind_elements:
+                if not hasattr(args[0], e):
+                    all_attr = False
+                    break
+            if not all_attr:
+                raise ValueError('Supplied object did not have the correct attributes')
+            for e in self._pyangbind_elements:
+                nobj = getattr(args[0], e)
+                if nobj._changed() is False:
+                    continue
+                setmethod = getattr(self, '_set_%s' % e)
+                if load is None:
+                    setmethod(getattr(args[0], e))
+                else:
+                    setmethod(getattr(args[0], e), load=load)
+
+    def _path(self):
+        if hasattr(self, '_parent'):
+            return self._parent._path() + [self._yang_name]
+        else:
+            return ['dots-agent', 'call-home', 'call-home-server', 'mitigations']
+
+    def _get_mitigation(self):
+        """
+    Getter method for mitigation, mapped from YANG variable /dots_agent/call_home/call_home_server/mitigations/mitigation (list)
+
+    YANG Description: A Call Home mitigation request.
+    """
+        try:
+            return self.__mitigation
+        except AttributeError:
+            self.__mitigation = _D220(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            return self.__mitigation
+
+    def _set_mitigation(self, v, load=False):
+        """
+    Setter method for mitigation, mapped from YANG variable /dots_agent/call_home/call_home_server/mitigations/mitigation (list)
+    If this variable is read-only (config: false) in the
+    source YANG file, then _set_mitigation is considered as a private
+    method. Backends looking to populate this variable should
+    do so via calling thisObj._set_mitigation() directly.
+
+    YANG Description: A Call Home mitigation request.
+    """
+        if hasattr(v, '_utype'):
+            v = v._utype(v)
+        try:
+            t = _D220(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+        except (TypeError, ValueError):
+            raise ValueError({'error-string': 'mitigation must be of a type compatible with list', 'defined-type': 'list', 'generated-type': 'YANGDynClass(base=YANGListType("cuid mid",yc_mitigation_dots_agent__dots_agent_call_home_call_home_server_mitigations_mitigation, yang_name="mitigation", parent=self, is_container=\'list\', user_ordered=False, path_helper=self._path_helper, yang_keys=\'cuid mid\', extensions=None), is_container=\'list\', yang_name="mitigation", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, extensions=None, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'list\', is_config=False)'})
+        self.__mitigation = t
+        if hasattr(self, '_set'):
+            self._set()
+
+    def _unset_mitigation(self):
+        if getattr(self, '_yc_mitigations_dots_agent__dots_agent_call_home_call_home_server_mitigations__mitigation', None) is not None:
+            del self.__mitigation
+    mitigation = __builtin__.property(_get_mitigation)
+    _pyangbind_elements = OrderedDict([('mitigation', mitigation)])
+
 class yc_call_home_server_dots_agent__dots_agent_call_home_call_home_server(PybindBase):
     """
   This class was auto-generated by the PythonClass plugin for PYANG
@@ -16526,7 +18788,7 @@ class yc_call_home_server_dots_agent__dots_agent_call_home_call_home_server(Pybi
 
   YANG Description: Call Home DOTS server role (the CPE side).
   """
-    __slots__ = ('_path_helper', '_extmethods', '__peer', '__internal_prefix', '__consent', '__approval_timeout', '__nat44', '__mitigator', '__pending_approvals')
+    __slots__ = ('_path_helper', '_extmethods', '__peer', '__internal_prefix', '__consent', '__approval_timeout', '__nat44', '__mitigator', '__pending_approvals', '__mitigations')
     _yang_name = 'call-home-server'
     _yang_namespace = 'urn:dots-agent:params:xml:ns:yang:dots-agent'
     _pybind_generated_by = 'container'
@@ -16570,7 +18832,7 @@ class yc_call_home_server_dots_agent__dots_agent_call_home_call_home_server(Pybi
         try:
             return self.__peer
         except AttributeError:
-            self.__peer = _D211(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__peer = _D221(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__peer
 
     def _set_peer(self, v, load=False):
@@ -16586,7 +18848,7 @@ class yc_call_home_server_dots_agent__dots_agent_call_home_call_home_server(Pybi
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D211(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D221(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'peer must be of a type compatible with list', 'defined-type': 'list', 'generated-type': 'YANGDynClass(base=YANGListType("name",yc_peer_dots_agent__dots_agent_call_home_call_home_server_peer, yang_name="peer", parent=self, is_container=\'list\', user_ordered=False, path_helper=self._path_helper, yang_keys=\'name\', extensions=None), is_container=\'list\', yang_name="peer", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, extensions=None, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'list\', is_config=True)'})
         self.__peer = t
@@ -16608,7 +18870,7 @@ server; 'source-prefix' values must lie within them
         try:
             return self.__internal_prefix
         except AttributeError:
-            self.__internal_prefix = _D212(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__internal_prefix = _D222(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__internal_prefix
 
     def _set_internal_prefix(self, v, load=False):
@@ -16626,7 +18888,7 @@ server; 'source-prefix' values must lie within them
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D212(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D222(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'internal_prefix must be of a type compatible with inet:ip-prefix', 'defined-type': 'inet:ip-prefix', 'generated-type': 'YANGDynClass(unique=True, base=TypedListType(allowed_type=[RestrictedClassType(base_type=str, restriction_dict={\'pattern\': \'(([0-9]|[1-9][0-9]|1[0-9][0-9]|2[0-4][0-9]|25[0-5])\\.){3}([0-9]|[1-9][0-9]|1[0-9][0-9]|2[0-4][0-9]|25[0-5])/(([0-9])|([1-2][0-9])|(3[0-2]))\'}),RestrictedClassType(base_type=str, restriction_dict={\'pattern\': \'((:|[0-9a-fA-F]{0,4}):)([0-9a-fA-F]{0,4}:){0,5}((([0-9a-fA-F]{0,4}:)?(:|[0-9a-fA-F]{0,4}))|(((25[0-5]|2[0-4][0-9]|[01]?[0-9]?[0-9])\\.){3}(25[0-5]|2[0-4][0-9]|[01]?[0-9]?[0-9])))(/(([0-9])|([0-9]{2})|(1[0-1][0-9])|(12[0-8])))\'}),]), is_leaf=False, yang_name="internal-prefix", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'inet:ip-prefix\', is_config=True)'})
         self.__internal_prefix = t
@@ -16647,7 +18909,7 @@ blocking traffic (RFC 9066, Section 5.3.1).
         try:
             return self.__consent
         except AttributeError:
-            self.__consent = YANGDynClass(base=_T88, default=str('manual'), is_leaf=True, yang_name='consent', register_paths=True, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='enumeration', is_config=True, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__consent = YANGDynClass(base=_T93, default=str('manual'), is_leaf=True, yang_name='consent', register_paths=True, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='enumeration', is_config=True, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__consent
 
     def _set_consent(self, v, load=False):
@@ -16664,7 +18926,7 @@ blocking traffic (RFC 9066, Section 5.3.1).
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = YANGDynClass(v, base=_T88, default=str('manual'), is_leaf=True, yang_name='consent', register_paths=True, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='enumeration', is_config=True, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = YANGDynClass(v, base=_T93, default=str('manual'), is_leaf=True, yang_name='consent', register_paths=True, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='enumeration', is_config=True, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'consent must be of a type compatible with enumeration', 'defined-type': 'dots-agent:enumeration', 'generated-type': 'YANGDynClass(base=RestrictedClassType(base_type=str,                                     restriction_type="dict_key",                                     restriction_arg={\'auto\': {}, \'manual\': {}},), default=str("manual"), is_leaf=True, yang_name="consent", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'enumeration\', is_config=True)'})
         self.__consent = t
@@ -16685,7 +18947,7 @@ rejected.
         try:
             return self.__approval_timeout
         except AttributeError:
-            self.__approval_timeout = _D213(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__approval_timeout = _D223(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__approval_timeout
 
     def _set_approval_timeout(self, v, load=False):
@@ -16702,7 +18964,7 @@ rejected.
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D213(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D223(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'approval_timeout must be of a type compatible with uint32', 'defined-type': 'uint32', 'generated-type': 'YANGDynClass(base=RestrictedClassType(base_type=RestrictedClassType(base_type=long, restriction_dict={\'range\': [\'0..4294967295\']}, int_size=32), restriction_dict={\'range\': [\'60..max\']}), default=RestrictedClassType(base_type=long, restriction_dict={\'range\': [\'0..4294967295\']}, int_size=32)(3600), is_leaf=True, yang_name="approval-timeout", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'uint32\', is_config=True)'})
         self.__approval_timeout = t
@@ -16724,7 +18986,7 @@ internal ones (RFC 9066, Section 5.3.2).
         try:
             return self.__nat44
         except AttributeError:
-            self.__nat44 = _D214(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__nat44 = _D224(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__nat44
 
     def _set_nat44(self, v, load=False):
@@ -16742,7 +19004,7 @@ internal ones (RFC 9066, Section 5.3.2).
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D214(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D224(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'nat44 must be of a type compatible with container', 'defined-type': 'container', 'generated-type': 'YANGDynClass(base=yc_nat44_dots_agent__dots_agent_call_home_call_home_server_nat44, is_container=\'container\', yang_name="nat44", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, extensions=None, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'container\', is_config=True)'})
         self.__nat44 = t
@@ -16762,7 +19024,7 @@ internal ones (RFC 9066, Section 5.3.2).
         try:
             return self.__mitigator
         except AttributeError:
-            self.__mitigator = _D215(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__mitigator = _D225(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__mitigator
 
     def _set_mitigator(self, v, load=False):
@@ -16778,7 +19040,7 @@ internal ones (RFC 9066, Section 5.3.2).
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D215(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D225(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'mitigator must be of a type compatible with container', 'defined-type': 'container', 'generated-type': 'YANGDynClass(base=yc_mitigator_dots_agent__dots_agent_call_home_call_home_server_mitigator, is_container=\'container\', yang_name="mitigator", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, extensions=None, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'container\', is_config=True)'})
         self.__mitigator = t
@@ -16798,7 +19060,7 @@ internal ones (RFC 9066, Section 5.3.2).
         try:
             return self.__pending_approvals
         except AttributeError:
-            self.__pending_approvals = _D216(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__pending_approvals = _D226(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__pending_approvals
 
     def _set_pending_approvals(self, v, load=False):
@@ -16814,7 +19076,7 @@ internal ones (RFC 9066, Section 5.3.2).
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D216(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D226(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'pending_approvals must be of a type compatible with container', 'defined-type': 'container', 'generated-type': 'YANGDynClass(base=yc_pending_approvals_dots_agent__dots_agent_call_home_call_home_server_pending_approvals, is_container=\'container\', yang_name="pending-approvals", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, extensions=None, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'container\', is_config=False)'})
         self.__pending_approvals = t
@@ -16824,6 +19086,44 @@ internal ones (RFC 9066, Section 5.3.2).
     def _unset_pending_approvals(self):
         if getattr(self, '_yc_call_home_server_dots_agent__dots_agent_call_home_call_home_server__pending_approvals', None) is not None:
             del self.__pending_approvals
+
+    def _get_mitigations(self):
+        """
+    Getter method for mitigations, mapped from YANG variable /dots_agent/call_home/call_home_server/mitigations (container)
+
+    YANG Description: Call Home mitigation requests received from Call Home
+DOTS clients, with their enforcement.
+    """
+        try:
+            return self.__mitigations
+        except AttributeError:
+            self.__mitigations = _D227(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            return self.__mitigations
+
+    def _set_mitigations(self, v, load=False):
+        """
+    Setter method for mitigations, mapped from YANG variable /dots_agent/call_home/call_home_server/mitigations (container)
+    If this variable is read-only (config: false) in the
+    source YANG file, then _set_mitigations is considered as a private
+    method. Backends looking to populate this variable should
+    do so via calling thisObj._set_mitigations() directly.
+
+    YANG Description: Call Home mitigation requests received from Call Home
+DOTS clients, with their enforcement.
+    """
+        if hasattr(v, '_utype'):
+            v = v._utype(v)
+        try:
+            t = _D227(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+        except (TypeError, ValueError):
+            raise ValueError({'error-string': 'mitigations must be of a type compatible with container', 'defined-type': 'container', 'generated-type': 'YANGDynClass(base=yc_mitigations_dots_agent__dots_agent_call_home_call_home_server_mitigations, is_container=\'container\', yang_name="mitigations", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, extensions=None, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'container\', is_config=False)'})
+        self.__mitigations = t
+        if hasattr(self, '_set'):
+            self._set()
+
+    def _unset_mitigations(self):
+        if getattr(self, '_yc_call_home_server_dots_agent__dots_agent_call_home_call_home_server__mitigations', None) is not None:
+            del self.__mitigations
     peer = __builtin__.property(_get_peer, _set_peer)
     internal_prefix = __builtin__.property(_get_internal_prefix, _set_internal_prefix)
     consent = __builtin__.property(_get_consent, _set_consent)
@@ -16831,7 +19131,8 @@ internal ones (RFC 9066, Section 5.3.2).
     nat44 = __builtin__.property(_get_nat44, _set_nat44)
     mitigator = __builtin__.property(_get_mitigator, _set_mitigator)
     pending_approvals = __builtin__.property(_get_pending_approvals)
-    _pyangbind_elements = OrderedDict([('peer', peer), ('internal_prefix', internal_prefix), ('consent', consent), ('approval_timeout', approval_timeout), ('nat44', nat44), ('mitigator', mitigator), ('pending_approvals', pending_approvals)])
+    mitigations = __builtin__.property(_get_mitigations)
+    _pyangbind_elements = OrderedDict([('peer', peer), ('internal_prefix', internal_prefix), ('consent', consent), ('approval_timeout', approval_timeout), ('nat44', nat44), ('mitigator', mitigator), ('pending_approvals', pending_approvals), ('mitigations', mitigations)])
 
 class yc_endpoint_dots_agent__dots_agent_call_home_call_home_client_listen_endpoint(PybindBase):
     """
@@ -17123,7 +19424,7 @@ class yc_listen_dots_agent__dots_agent_call_home_call_home_client_listen(PybindB
         try:
             return self.__endpoint
         except AttributeError:
-            self.__endpoint = _D217(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__endpoint = _D228(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__endpoint
 
     def _set_endpoint(self, v, load=False):
@@ -17139,7 +19440,7 @@ class yc_listen_dots_agent__dots_agent_call_home_call_home_client_listen(PybindB
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D217(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D228(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'endpoint must be of a type compatible with list', 'defined-type': 'list', 'generated-type': 'YANGDynClass(base=YANGListType("name",yc_endpoint_dots_agent__dots_agent_call_home_call_home_client_listen_endpoint, yang_name="endpoint", parent=self, is_container=\'list\', user_ordered=False, path_helper=self._path_helper, yang_keys=\'name\', extensions=None), is_container=\'list\', yang_name="endpoint", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, extensions=None, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'list\', is_config=True)'})
         self.__endpoint = t
@@ -17152,6 +19453,2196 @@ class yc_listen_dots_agent__dots_agent_call_home_call_home_client_listen(PybindB
     endpoint = __builtin__.property(_get_endpoint, _set_endpoint)
     _pyangbind_elements = OrderedDict([('endpoint', endpoint)])
 
+class yc_target_port_range_dots_agent__dots_agent_call_home_call_home_client_requests_request_scope_target_port_range(PybindBase):
+    """
+  This class was auto-generated by the PythonClass plugin for PYANG
+  from YANG module dots-agent - based on the path /dots-agent/call-home/call-home-client/requests/request/scope/target-port-range. Each member element of
+  the container is represented as a class variable - with a specific
+  YANG type.
+
+  YANG Description: Port range.  When only lower-port is
+present, it represents a single port number.
+  """
+    __slots__ = ('_path_helper', '_extmethods', '__lower_port', '__upper_port')
+    _yang_name = 'target-port-range'
+    _yang_namespace = 'urn:dots-agent:params:xml:ns:yang:dots-agent'
+    _pybind_generated_by = 'container'
+
+    def __init__(self, *args, **kwargs):
+        self._path_helper = False
+        self._extmethods = False
+        load = kwargs.pop('load', None)
+        if args:
+            if len(args) > 1:
+                raise TypeError('cannot create a YANG container with >1 argument')
+            all_attr = True
+            for e in self._pyangbind_elements:
+                if not hasattr(args[0], e):
+                    all_attr = False
+                    break
+            if not all_attr:
+                raise ValueError('Supplied object did not have the correct attributes')
+            for e in self._pyangbind_elements:
+                nobj = getattr(args[0], e)
+                if nobj._changed() is False:
+                    continue
+                setmethod = getattr(self, '_set_%s' % e)
+                if load is None:
+                    setmethod(getattr(args[0], e))
+                else:
+                    setmethod(getattr(args[0], e), load=load)
+
+    def _path(self):
+        if hasattr(self, '_parent'):
+            return self._parent._path() + [self._yang_name]
+        else:
+            return ['dots-agent', 'call-home', 'call-home-client', 'requests', 'request', 'scope', 'target-port-range']
+
+    def _get_lower_port(self):
+        """
+    Getter method for lower_port, mapped from YANG variable /dots_agent/call_home/call_home_client/requests/request/scope/target_port_range/lower_port (inet:port-number)
+
+    YANG Description: Lower port number of the port range.
+    """
+        try:
+            return self.__lower_port
+        except AttributeError:
+            self.__lower_port = _D130(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            return self.__lower_port
+
+    def _set_lower_port(self, v, load=False):
+        """
+    Setter method for lower_port, mapped from YANG variable /dots_agent/call_home/call_home_client/requests/request/scope/target_port_range/lower_port (inet:port-number)
+    If this variable is read-only (config: false) in the
+    source YANG file, then _set_lower_port is considered as a private
+    method. Backends looking to populate this variable should
+    do so via calling thisObj._set_lower_port() directly.
+
+    YANG Description: Lower port number of the port range.
+    """
+        parent = getattr(self, '_parent', None)
+        if parent is not None and load is False:
+            raise AttributeError('Cannot set keys directly when' + ' within an instantiated list')
+        if hasattr(v, '_utype'):
+            v = v._utype(v)
+        try:
+            t = _D130(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+        except (TypeError, ValueError):
+            raise ValueError({'error-string': 'lower_port must be of a type compatible with inet:port-number', 'defined-type': 'inet:port-number', 'generated-type': 'YANGDynClass(base=RestrictedClassType(base_type=RestrictedClassType(base_type=int, restriction_dict={\'range\': [\'0..65535\']},int_size=16), restriction_dict={\'range\': [\'0..65535\']}), is_leaf=True, yang_name="lower-port", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, is_keyval=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'inet:port-number\', is_config=False)'})
+        self.__lower_port = t
+        if hasattr(self, '_set'):
+            self._set()
+
+    def _unset_lower_port(self):
+        if getattr(self, '_yc_target_port_range_dots_agent__dots_agent_call_home_call_home_client_requests_request_scope_target_port_range__lower_port', None) is not None:
+            del self.__lower_port
+
+    def _get_upper_port(self):
+        """
+    Getter method for upper_port, mapped from YANG variable /dots_agent/call_home/call_home_client/requests/request/scope/target_port_range/upper_port (inet:port-number)
+
+    YANG Description: Upper port number of the port range.
+    """
+        try:
+            return self.__upper_port
+        except AttributeError:
+            self.__upper_port = _D131(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            return self.__upper_port
+
+    def _set_upper_port(self, v, load=False):
+        """
+    Setter method for upper_port, mapped from YANG variable /dots_agent/call_home/call_home_client/requests/request/scope/target_port_range/upper_port (inet:port-number)
+    If this variable is read-only (config: false) in the
+    source YANG file, then _set_upper_port is considered as a private
+    method. Backends looking to populate this variable should
+    do so via calling thisObj._set_upper_port() directly.
+
+    YANG Description: Upper port number of the port range.
+    """
+        if hasattr(v, '_utype'):
+            v = v._utype(v)
+        try:
+            t = _D131(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+        except (TypeError, ValueError):
+            raise ValueError({'error-string': 'upper_port must be of a type compatible with inet:port-number', 'defined-type': 'inet:port-number', 'generated-type': 'YANGDynClass(base=RestrictedClassType(base_type=RestrictedClassType(base_type=int, restriction_dict={\'range\': [\'0..65535\']},int_size=16), restriction_dict={\'range\': [\'0..65535\']}), is_leaf=True, yang_name="upper-port", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'inet:port-number\', is_config=False)'})
+        self.__upper_port = t
+        if hasattr(self, '_set'):
+            self._set()
+
+    def _unset_upper_port(self):
+        if getattr(self, '_yc_target_port_range_dots_agent__dots_agent_call_home_call_home_client_requests_request_scope_target_port_range__upper_port', None) is not None:
+            del self.__upper_port
+    lower_port = __builtin__.property(_get_lower_port)
+    upper_port = __builtin__.property(_get_upper_port)
+    _pyangbind_elements = OrderedDict([('lower_port', lower_port), ('upper_port', upper_port)])
+
+class yc_target_port_range_dots_agent__dots_agent_call_home_call_home_client_requests_request_scope_conflict_information_conflict_scope_target_port_range(PybindBase):
+    """
+  This class was auto-generated by the PythonClass plugin for PYANG
+  from YANG module dots-agent - based on the path /dots-agent/call-home/call-home-client/requests/request/scope/conflict-information/conflict-scope/target-port-range. Each member element of
+  the container is represented as a class variable - with a specific
+  YANG type.
+
+  YANG Description: Port range.  When only lower-port is
+present, it represents a single port number.
+  """
+    __slots__ = ('_path_helper', '_extmethods', '__lower_port', '__upper_port')
+    _yang_name = 'target-port-range'
+    _yang_namespace = 'urn:dots-agent:params:xml:ns:yang:dots-agent'
+    _pybind_generated_by = 'container'
+
+    def __init__(self, *args, **kwargs):
+        self._path_helper = False
+        self._extmethods = False
+        load = kwargs.pop('load', None)
+        if args:
+            if len(args) > 1:
+                raise TypeError('cannot create a YANG container with >1 argument')
+            all_attr = True
+            for e in self._pyangbind_elements:
+                if not hasattr(args[0], e):
+                    all_attr = False
+                    break
+            if not all_attr:
+                raise ValueError('Supplied object did not have the correct attributes')
+            for e in self._pyangbind_elements:
+                nobj = getattr(args[0], e)
+                if nobj._changed() is False:
+                    continue
+                setmethod = getattr(self, '_set_%s' % e)
+                if load is None:
+                    setmethod(getattr(args[0], e))
+                else:
+                    setmethod(getattr(args[0], e), load=load)
+
+    def _path(self):
+        if hasattr(self, '_parent'):
+            return self._parent._path() + [self._yang_name]
+        else:
+            return ['dots-agent', 'call-home', 'call-home-client', 'requests', 'request', 'scope', 'conflict-information', 'conflict-scope', 'target-port-range']
+
+    def _get_lower_port(self):
+        """
+    Getter method for lower_port, mapped from YANG variable /dots_agent/call_home/call_home_client/requests/request/scope/conflict_information/conflict_scope/target_port_range/lower_port (inet:port-number)
+
+    YANG Description: Lower port number of the port range.
+    """
+        try:
+            return self.__lower_port
+        except AttributeError:
+            self.__lower_port = _D130(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            return self.__lower_port
+
+    def _set_lower_port(self, v, load=False):
+        """
+    Setter method for lower_port, mapped from YANG variable /dots_agent/call_home/call_home_client/requests/request/scope/conflict_information/conflict_scope/target_port_range/lower_port (inet:port-number)
+    If this variable is read-only (config: false) in the
+    source YANG file, then _set_lower_port is considered as a private
+    method. Backends looking to populate this variable should
+    do so via calling thisObj._set_lower_port() directly.
+
+    YANG Description: Lower port number of the port range.
+    """
+        parent = getattr(self, '_parent', None)
+        if parent is not None and load is False:
+            raise AttributeError('Cannot set keys directly when' + ' within an instantiated list')
+        if hasattr(v, '_utype'):
+            v = v._utype(v)
+        try:
+            t = _D130(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+        except (TypeError, ValueError):
+            raise ValueError({'error-string': 'lower_port must be of a type compatible with inet:port-number', 'defined-type': 'inet:port-number', 'generated-type': 'YANGDynClass(base=RestrictedClassType(base_type=RestrictedClassType(base_type=int, restriction_dict={\'range\': [\'0..65535\']},int_size=16), restriction_dict={\'range\': [\'0..65535\']}), is_leaf=True, yang_name="lower-port", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, is_keyval=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'inet:port-number\', is_config=False)'})
+        self.__lower_port = t
+        if hasattr(self, '_set'):
+            self._set()
+
+    def _unset_lower_port(self):
+        if getattr(self, '_yc_target_port_range_dots_agent__dots_agent_call_home_call_home_client_requests_request_scope_conflict_information_conflict_scope_target_port_range__lower_port', None) is not None:
+            del self.__lower_port
+
+    def _get_upper_port(self):
+        """
+    Getter method for upper_port, mapped from YANG variable /dots_agent/call_home/call_home_client/requests/request/scope/conflict_information/conflict_scope/target_port_range/upper_port (inet:port-number)
+
+    YANG Description: Upper port number of the port range.
+    """
+        try:
+            return self.__upper_port
+        except AttributeError:
+            self.__upper_port = _D131(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            return self.__upper_port
+
+    def _set_upper_port(self, v, load=False):
+        """
+    Setter method for upper_port, mapped from YANG variable /dots_agent/call_home/call_home_client/requests/request/scope/conflict_information/conflict_scope/target_port_range/upper_port (inet:port-number)
+    If this variable is read-only (config: false) in the
+    source YANG file, then _set_upper_port is considered as a private
+    method. Backends looking to populate this variable should
+    do so via calling thisObj._set_upper_port() directly.
+
+    YANG Description: Upper port number of the port range.
+    """
+        if hasattr(v, '_utype'):
+            v = v._utype(v)
+        try:
+            t = _D131(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+        except (TypeError, ValueError):
+            raise ValueError({'error-string': 'upper_port must be of a type compatible with inet:port-number', 'defined-type': 'inet:port-number', 'generated-type': 'YANGDynClass(base=RestrictedClassType(base_type=RestrictedClassType(base_type=int, restriction_dict={\'range\': [\'0..65535\']},int_size=16), restriction_dict={\'range\': [\'0..65535\']}), is_leaf=True, yang_name="upper-port", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'inet:port-number\', is_config=False)'})
+        self.__upper_port = t
+        if hasattr(self, '_set'):
+            self._set()
+
+    def _unset_upper_port(self):
+        if getattr(self, '_yc_target_port_range_dots_agent__dots_agent_call_home_call_home_client_requests_request_scope_conflict_information_conflict_scope_target_port_range__upper_port', None) is not None:
+            del self.__upper_port
+    lower_port = __builtin__.property(_get_lower_port)
+    upper_port = __builtin__.property(_get_upper_port)
+    _pyangbind_elements = OrderedDict([('lower_port', lower_port), ('upper_port', upper_port)])
+
+class yc_conflict_scope_dots_agent__dots_agent_call_home_call_home_client_requests_request_scope_conflict_information_conflict_scope(PybindBase):
+    """
+  This class was auto-generated by the PythonClass plugin for PYANG
+  from YANG module dots-agent - based on the path /dots-agent/call-home/call-home-client/requests/request/scope/conflict-information/conflict-scope. Each member element of
+  the container is represented as a class variable - with a specific
+  YANG type.
+
+  YANG Description: Conflicting scope (overlapping targets).  The RFC 9132
+'acl-list' is not reported: it refers to the DOTS data
+channel datastore.
+  """
+    __slots__ = ('_path_helper', '_extmethods', '__target_prefix', '__target_port_range', '__target_protocol', '__target_fqdn', '__target_uri', '__alias_name', '__mid')
+    _yang_name = 'conflict-scope'
+    _yang_namespace = 'urn:dots-agent:params:xml:ns:yang:dots-agent'
+    _pybind_generated_by = 'container'
+
+    def __init__(self, *args, **kwargs):
+        self._path_helper = False
+        self._extmethods = False
+        load = kwargs.pop('load', None)
+        if args:
+            if len(args) > 1:
+                raise TypeError('cannot create a YANG container with >1 argument')
+            all_attr = True
+            for e in self._pyangbind_elements:
+                if not hasattr(args[0], e):
+                    all_attr = False
+                    break
+            if not all_attr:
+                raise ValueError('Supplied object did not have the correct attributes')
+            for e in self._pyangbind_elements:
+                nobj = getattr(args[0], e)
+                if nobj._changed() is False:
+                    continue
+                setmethod = getattr(self, '_set_%s' % e)
+                if load is None:
+                    setmethod(getattr(args[0], e))
+                else:
+                    setmethod(getattr(args[0], e), load=load)
+
+    def _path(self):
+        if hasattr(self, '_parent'):
+            return self._parent._path() + [self._yang_name]
+        else:
+            return ['dots-agent', 'call-home', 'call-home-client', 'requests', 'request', 'scope', 'conflict-information', 'conflict-scope']
+
+    def _get_target_prefix(self):
+        """
+    Getter method for target_prefix, mapped from YANG variable /dots_agent/call_home/call_home_client/requests/request/scope/conflict_information/conflict_scope/target_prefix (inet:ip-prefix)
+
+    YANG Description: IPv4 or IPv6 prefix identifying the target.
+    """
+        try:
+            return self.__target_prefix
+        except AttributeError:
+            self.__target_prefix = _D132(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            return self.__target_prefix
+
+    def _set_target_prefix(self, v, load=False):
+        """
+    Setter method for target_prefix, mapped from YANG variable /dots_agent/call_home/call_home_client/requests/request/scope/conflict_information/conflict_scope/target_prefix (inet:ip-prefix)
+    If this variable is read-only (config: false) in the
+    source YANG file, then _set_target_prefix is considered as a private
+    method. Backends looking to populate this variable should
+    do so via calling thisObj._set_target_prefix() directly.
+
+    YANG Description: IPv4 or IPv6 prefix identifying the target.
+    """
+        if hasattr(v, '_utype'):
+            v = v._utype(v)
+        try:
+            t = _D132(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+        except (TypeError, ValueError):
+            raise ValueError({'error-string': 'target_prefix must be of a type compatible with inet:ip-prefix', 'defined-type': 'inet:ip-prefix', 'generated-type': 'YANGDynClass(unique=True, base=TypedListType(allowed_type=[RestrictedClassType(base_type=str, restriction_dict={\'pattern\': \'(([0-9]|[1-9][0-9]|1[0-9][0-9]|2[0-4][0-9]|25[0-5])\\.){3}([0-9]|[1-9][0-9]|1[0-9][0-9]|2[0-4][0-9]|25[0-5])/(([0-9])|([1-2][0-9])|(3[0-2]))\'}),RestrictedClassType(base_type=str, restriction_dict={\'pattern\': \'((:|[0-9a-fA-F]{0,4}):)([0-9a-fA-F]{0,4}:){0,5}((([0-9a-fA-F]{0,4}:)?(:|[0-9a-fA-F]{0,4}))|(((25[0-5]|2[0-4][0-9]|[01]?[0-9]?[0-9])\\.){3}(25[0-5]|2[0-4][0-9]|[01]?[0-9]?[0-9])))(/(([0-9])|([0-9]{2})|(1[0-1][0-9])|(12[0-8])))\'}),]), is_leaf=False, yang_name="target-prefix", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'inet:ip-prefix\', is_config=False)'})
+        self.__target_prefix = t
+        if hasattr(self, '_set'):
+            self._set()
+
+    def _unset_target_prefix(self):
+        if getattr(self, '_yc_conflict_scope_dots_agent__dots_agent_call_home_call_home_client_requests_request_scope_conflict_information_conflict_scope__target_prefix', None) is not None:
+            del self.__target_prefix
+
+    def _get_target_port_range(self):
+        """
+    Getter method for target_port_range, mapped from YANG variable /dots_agent/call_home/call_home_client/requests/request/scope/conflict_information/conflict_scope/target_port_range (list)
+
+    YANG Description: Port range.  When only lower-port is
+present, it represents a single port number.
+    """
+        try:
+            return self.__target_port_range
+        except AttributeError:
+            self.__target_port_range = _D229(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            return self.__target_port_range
+
+    def _set_target_port_range(self, v, load=False):
+        """
+    Setter method for target_port_range, mapped from YANG variable /dots_agent/call_home/call_home_client/requests/request/scope/conflict_information/conflict_scope/target_port_range (list)
+    If this variable is read-only (config: false) in the
+    source YANG file, then _set_target_port_range is considered as a private
+    method. Backends looking to populate this variable should
+    do so via calling thisObj._set_target_port_range() directly.
+
+    YANG Description: Port range.  When only lower-port is
+present, it represents a single port number.
+    """
+        if hasattr(v, '_utype'):
+            v = v._utype(v)
+        try:
+            t = _D229(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+        except (TypeError, ValueError):
+            raise ValueError({'error-string': 'target_port_range must be of a type compatible with list', 'defined-type': 'list', 'generated-type': 'YANGDynClass(base=YANGListType("lower_port",yc_target_port_range_dots_agent__dots_agent_call_home_call_home_client_requests_request_scope_conflict_information_conflict_scope_target_port_range, yang_name="target-port-range", parent=self, is_container=\'list\', user_ordered=False, path_helper=self._path_helper, yang_keys=\'lower-port\', extensions=None), is_container=\'list\', yang_name="target-port-range", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, extensions=None, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'list\', is_config=False)'})
+        self.__target_port_range = t
+        if hasattr(self, '_set'):
+            self._set()
+
+    def _unset_target_port_range(self):
+        if getattr(self, '_yc_conflict_scope_dots_agent__dots_agent_call_home_call_home_client_requests_request_scope_conflict_information_conflict_scope__target_port_range', None) is not None:
+            del self.__target_port_range
+
+    def _get_target_protocol(self):
+        """
+    Getter method for target_protocol, mapped from YANG variable /dots_agent/call_home/call_home_client/requests/request/scope/conflict_information/conflict_scope/target_protocol (uint8)
+
+    YANG Description: Identifies the target protocol number.
+
+Values are taken from the IANA protocol registry:
+https://www.iana.org/assignments/protocol-numbers/
+
+For example, 6 for TCP or 17 for UDP.
+    """
+        try:
+            return self.__target_protocol
+        except AttributeError:
+            self.__target_protocol = _D134(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            return self.__target_protocol
+
+    def _set_target_protocol(self, v, load=False):
+        """
+    Setter method for target_protocol, mapped from YANG variable /dots_agent/call_home/call_home_client/requests/request/scope/conflict_information/conflict_scope/target_protocol (uint8)
+    If this variable is read-only (config: false) in the
+    source YANG file, then _set_target_protocol is considered as a private
+    method. Backends looking to populate this variable should
+    do so via calling thisObj._set_target_protocol() directly.
+
+    YANG Description: Identifies the target protocol number.
+
+Values are taken from the IANA protocol registry:
+https://www.iana.org/assignments/protocol-numbers/
+
+For example, 6 for TCP or 17 for UDP.
+    """
+        if hasattr(v, '_utype'):
+            v = v._utype(v)
+        try:
+            t = _D134(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+        except (TypeError, ValueError):
+            raise ValueError({'error-string': 'target_protocol must be of a type compatible with uint8', 'defined-type': 'uint8', 'generated-type': 'YANGDynClass(unique=True, base=TypedListType(allowed_type=RestrictedClassType(base_type=int, restriction_dict={\'range\': [\'0..255\']}, int_size=8)), is_leaf=False, yang_name="target-protocol", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'uint8\', is_config=False)'})
+        self.__target_protocol = t
+        if hasattr(self, '_set'):
+            self._set()
+
+    def _unset_target_protocol(self):
+        if getattr(self, '_yc_conflict_scope_dots_agent__dots_agent_call_home_call_home_client_requests_request_scope_conflict_information_conflict_scope__target_protocol', None) is not None:
+            del self.__target_protocol
+
+    def _get_target_fqdn(self):
+        """
+    Getter method for target_fqdn, mapped from YANG variable /dots_agent/call_home/call_home_client/requests/request/scope/conflict_information/conflict_scope/target_fqdn (inet:domain-name)
+
+    YANG Description: FQDN identifying the target.
+    """
+        try:
+            return self.__target_fqdn
+        except AttributeError:
+            self.__target_fqdn = _D135(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            return self.__target_fqdn
+
+    def _set_target_fqdn(self, v, load=False):
+        """
+    Setter method for target_fqdn, mapped from YANG variable /dots_agent/call_home/call_home_client/requests/request/scope/conflict_information/conflict_scope/target_fqdn (inet:domain-name)
+    If this variable is read-only (config: false) in the
+    source YANG file, then _set_target_fqdn is considered as a private
+    method. Backends looking to populate this variable should
+    do so via calling thisObj._set_target_fqdn() directly.
+
+    YANG Description: FQDN identifying the target.
+    """
+        if hasattr(v, '_utype'):
+            v = v._utype(v)
+        try:
+            t = _D135(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+        except (TypeError, ValueError):
+            raise ValueError({'error-string': 'target_fqdn must be of a type compatible with inet:domain-name', 'defined-type': 'inet:domain-name', 'generated-type': 'YANGDynClass(unique=True, base=TypedListType(allowed_type=RestrictedClassType(base_type=str, restriction_dict={\'pattern\': \'((([a-zA-Z0-9_]([a-zA-Z0-9\\-_]){0,61})?[a-zA-Z0-9]\\.)*([a-zA-Z0-9_]([a-zA-Z0-9\\-_]){0,61})?[a-zA-Z0-9]\\.?)|\\.\', \'length\': [\'1..253\']})), is_leaf=False, yang_name="target-fqdn", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'inet:domain-name\', is_config=False)'})
+        self.__target_fqdn = t
+        if hasattr(self, '_set'):
+            self._set()
+
+    def _unset_target_fqdn(self):
+        if getattr(self, '_yc_conflict_scope_dots_agent__dots_agent_call_home_call_home_client_requests_request_scope_conflict_information_conflict_scope__target_fqdn', None) is not None:
+            del self.__target_fqdn
+
+    def _get_target_uri(self):
+        """
+    Getter method for target_uri, mapped from YANG variable /dots_agent/call_home/call_home_client/requests/request/scope/conflict_information/conflict_scope/target_uri (inet:uri)
+
+    YANG Description: URI identifying the target.
+    """
+        try:
+            return self.__target_uri
+        except AttributeError:
+            self.__target_uri = _D136(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            return self.__target_uri
+
+    def _set_target_uri(self, v, load=False):
+        """
+    Setter method for target_uri, mapped from YANG variable /dots_agent/call_home/call_home_client/requests/request/scope/conflict_information/conflict_scope/target_uri (inet:uri)
+    If this variable is read-only (config: false) in the
+    source YANG file, then _set_target_uri is considered as a private
+    method. Backends looking to populate this variable should
+    do so via calling thisObj._set_target_uri() directly.
+
+    YANG Description: URI identifying the target.
+    """
+        if hasattr(v, '_utype'):
+            v = v._utype(v)
+        try:
+            t = _D136(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+        except (TypeError, ValueError):
+            raise ValueError({'error-string': 'target_uri must be of a type compatible with inet:uri', 'defined-type': 'inet:uri', 'generated-type': 'YANGDynClass(unique=True, base=TypedListType(allowed_type=str), is_leaf=False, yang_name="target-uri", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'inet:uri\', is_config=False)'})
+        self.__target_uri = t
+        if hasattr(self, '_set'):
+            self._set()
+
+    def _unset_target_uri(self):
+        if getattr(self, '_yc_conflict_scope_dots_agent__dots_agent_call_home_call_home_client_requests_request_scope_conflict_information_conflict_scope__target_uri', None) is not None:
+            del self.__target_uri
+
+    def _get_alias_name(self):
+        """
+    Getter method for alias_name, mapped from YANG variable /dots_agent/call_home/call_home_client/requests/request/scope/conflict_information/conflict_scope/alias_name (string)
+
+    YANG Description: Conflicting alias-name.
+    """
+        try:
+            return self.__alias_name
+        except AttributeError:
+            self.__alias_name = _D137(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            return self.__alias_name
+
+    def _set_alias_name(self, v, load=False):
+        """
+    Setter method for alias_name, mapped from YANG variable /dots_agent/call_home/call_home_client/requests/request/scope/conflict_information/conflict_scope/alias_name (string)
+    If this variable is read-only (config: false) in the
+    source YANG file, then _set_alias_name is considered as a private
+    method. Backends looking to populate this variable should
+    do so via calling thisObj._set_alias_name() directly.
+
+    YANG Description: Conflicting alias-name.
+    """
+        if hasattr(v, '_utype'):
+            v = v._utype(v)
+        try:
+            t = _D137(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+        except (TypeError, ValueError):
+            raise ValueError({'error-string': 'alias_name must be of a type compatible with string', 'defined-type': 'string', 'generated-type': 'YANGDynClass(unique=True, base=TypedListType(allowed_type=str), is_leaf=False, yang_name="alias-name", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'string\', is_config=False)'})
+        self.__alias_name = t
+        if hasattr(self, '_set'):
+            self._set()
+
+    def _unset_alias_name(self):
+        if getattr(self, '_yc_conflict_scope_dots_agent__dots_agent_call_home_call_home_client_requests_request_scope_conflict_information_conflict_scope__alias_name', None) is not None:
+            del self.__alias_name
+
+    def _get_mid(self):
+        """
+    Getter method for mid, mapped from YANG variable /dots_agent/call_home/call_home_client/requests/request/scope/conflict_information/conflict_scope/mid (mid)
+
+    YANG Description: Conflicting 'mid' bound to the same DOTS client.
+    """
+        try:
+            return self.__mid
+        except AttributeError:
+            self.__mid = _D138(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            return self.__mid
+
+    def _set_mid(self, v, load=False):
+        """
+    Setter method for mid, mapped from YANG variable /dots_agent/call_home/call_home_client/requests/request/scope/conflict_information/conflict_scope/mid (mid)
+    If this variable is read-only (config: false) in the
+    source YANG file, then _set_mid is considered as a private
+    method. Backends looking to populate this variable should
+    do so via calling thisObj._set_mid() directly.
+
+    YANG Description: Conflicting 'mid' bound to the same DOTS client.
+    """
+        if hasattr(v, '_utype'):
+            v = v._utype(v)
+        try:
+            t = _D138(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+        except (TypeError, ValueError):
+            raise ValueError({'error-string': 'mid must be of a type compatible with mid', 'defined-type': 'dots-agent:mid', 'generated-type': 'YANGDynClass(base=RestrictedClassType(base_type=long, restriction_dict={\'range\': [\'0..4294967295\']}, int_size=32), is_leaf=True, yang_name="mid", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'mid\', is_config=False)'})
+        self.__mid = t
+        if hasattr(self, '_set'):
+            self._set()
+
+    def _unset_mid(self):
+        if getattr(self, '_yc_conflict_scope_dots_agent__dots_agent_call_home_call_home_client_requests_request_scope_conflict_information_conflict_scope__mid', None) is not None:
+            del self.__mid
+    target_prefix = __builtin__.property(_get_target_prefix)
+    target_port_range = __builtin__.property(_get_target_port_range)
+    target_protocol = __builtin__.property(_get_target_protocol)
+    target_fqdn = __builtin__.property(_get_target_fqdn)
+    target_uri = __builtin__.property(_get_target_uri)
+    alias_name = __builtin__.property(_get_alias_name)
+    mid = __builtin__.property(_get_mid)
+    _pyangbind_elements = OrderedDict([('target_prefix', target_prefix), ('target_port_range', target_port_range), ('target_protocol', target_protocol), ('target_fqdn', target_fqdn), ('target_uri', target_uri), ('alias_name', alias_name), ('mid', mid)])
+
+class yc_conflict_information_dots_agent__dots_agent_call_home_call_home_client_requests_request_scope_conflict_information(PybindBase):
+    """
+  This class was auto-generated by the PythonClass plugin for PYANG
+  from YANG module dots-agent - based on the path /dots-agent/call-home/call-home-client/requests/request/scope/conflict-information. Each member element of
+  the container is represented as a class variable - with a specific
+  YANG type.
+
+  YANG Description: Conflict detected by the server (RFC 9132).
+  """
+    __slots__ = ('_path_helper', '_extmethods', '__conflict_status', '__conflict_cause', '__retry_timer', '__conflict_scope')
+    _yang_name = 'conflict-information'
+    _yang_namespace = 'urn:dots-agent:params:xml:ns:yang:dots-agent'
+    _pybind_generated_by = 'container'
+
+    def __init__(self, *args, **kwargs):
+        self._path_helper = False
+        self._extmethods = False
+        load = kwargs.pop('load', None)
+        if args:
+            if len(args) > 1:
+                raise TypeError('cannot create a YANG container with >1 argument')
+            all_attr = True
+            for e in self._pyangbind_elements:
+                if not hasattr(args[0], e):
+                    all_attr = False
+                    break
+            if not all_attr:
+                raise ValueError('Supplied object did not have the correct attributes')
+            for e in self._pyangbind_elements:
+                nobj = getattr(args[0], e)
+                if nobj._changed() is False:
+                    continue
+                setmethod = getattr(self, '_set_%s' % e)
+                if load is None:
+                    setmethod(getattr(args[0], e))
+                else:
+                    setmethod(getattr(args[0], e), load=load)
+
+    def _path(self):
+        if hasattr(self, '_parent'):
+            return self._parent._path() + [self._yang_name]
+        else:
+            return ['dots-agent', 'call-home', 'call-home-client', 'requests', 'request', 'scope', 'conflict-information']
+
+    def _get_conflict_status(self):
+        """
+    Getter method for conflict_status, mapped from YANG variable /dots_agent/call_home/call_home_client/requests/request/scope/conflict_information/conflict_status (iana-dots-signal:conflict-status)
+
+    YANG Description: Conflict status.
+    """
+        try:
+            return self.__conflict_status
+        except AttributeError:
+            self.__conflict_status = _D139(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            return self.__conflict_status
+
+    def _set_conflict_status(self, v, load=False):
+        """
+    Setter method for conflict_status, mapped from YANG variable /dots_agent/call_home/call_home_client/requests/request/scope/conflict_information/conflict_status (iana-dots-signal:conflict-status)
+    If this variable is read-only (config: false) in the
+    source YANG file, then _set_conflict_status is considered as a private
+    method. Backends looking to populate this variable should
+    do so via calling thisObj._set_conflict_status() directly.
+
+    YANG Description: Conflict status.
+    """
+        if hasattr(v, '_utype'):
+            v = v._utype(v)
+        try:
+            t = _D139(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+        except (TypeError, ValueError):
+            raise ValueError({'error-string': 'conflict_status must be of a type compatible with iana-dots-signal:conflict-status', 'defined-type': 'iana-dots-signal:conflict-status', 'generated-type': 'YANGDynClass(base=RestrictedClassType(base_type=str,                                     restriction_type="dict_key",                                     restriction_arg={\'request-inactive-other-active\': {\'value\': 1}, \'request-active\': {\'value\': 2}, \'all-requests-inactive\': {\'value\': 3}},), is_leaf=True, yang_name="conflict-status", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'iana-dots-signal:conflict-status\', is_config=False)'})
+        self.__conflict_status = t
+        if hasattr(self, '_set'):
+            self._set()
+
+    def _unset_conflict_status(self):
+        if getattr(self, '_yc_conflict_information_dots_agent__dots_agent_call_home_call_home_client_requests_request_scope_conflict_information__conflict_status', None) is not None:
+            del self.__conflict_status
+
+    def _get_conflict_cause(self):
+        """
+    Getter method for conflict_cause, mapped from YANG variable /dots_agent/call_home/call_home_client/requests/request/scope/conflict_information/conflict_cause (conflict-cause)
+
+    YANG Description: Cause of the conflict.
+    """
+        try:
+            return self.__conflict_cause
+        except AttributeError:
+            self.__conflict_cause = _D140(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            return self.__conflict_cause
+
+    def _set_conflict_cause(self, v, load=False):
+        """
+    Setter method for conflict_cause, mapped from YANG variable /dots_agent/call_home/call_home_client/requests/request/scope/conflict_information/conflict_cause (conflict-cause)
+    If this variable is read-only (config: false) in the
+    source YANG file, then _set_conflict_cause is considered as a private
+    method. Backends looking to populate this variable should
+    do so via calling thisObj._set_conflict_cause() directly.
+
+    YANG Description: Cause of the conflict.
+    """
+        if hasattr(v, '_utype'):
+            v = v._utype(v)
+        try:
+            t = _D140(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+        except (TypeError, ValueError):
+            raise ValueError({'error-string': 'conflict_cause must be of a type compatible with conflict-cause', 'defined-type': 'dots-agent:conflict-cause', 'generated-type': 'YANGDynClass(base=RestrictedClassType(base_type=str,                                     restriction_type="dict_key",                                     restriction_arg={\'overlapping-targets\': {\'value\': 1}, \'conflict-with-acceptlist\': {\'value\': 2}, \'cuid-collision\': {\'value\': 3}},), is_leaf=True, yang_name="conflict-cause", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'conflict-cause\', is_config=False)'})
+        self.__conflict_cause = t
+        if hasattr(self, '_set'):
+            self._set()
+
+    def _unset_conflict_cause(self):
+        if getattr(self, '_yc_conflict_information_dots_agent__dots_agent_call_home_call_home_client_requests_request_scope_conflict_information__conflict_cause', None) is not None:
+            del self.__conflict_cause
+
+    def _get_retry_timer(self):
+        """
+    Getter method for retry_timer, mapped from YANG variable /dots_agent/call_home/call_home_client/requests/request/scope/conflict_information/retry_timer (uint32)
+
+    YANG Description: The client must not resend the same request before this
+timer expires.
+    """
+        try:
+            return self.__retry_timer
+        except AttributeError:
+            self.__retry_timer = _D141(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            return self.__retry_timer
+
+    def _set_retry_timer(self, v, load=False):
+        """
+    Setter method for retry_timer, mapped from YANG variable /dots_agent/call_home/call_home_client/requests/request/scope/conflict_information/retry_timer (uint32)
+    If this variable is read-only (config: false) in the
+    source YANG file, then _set_retry_timer is considered as a private
+    method. Backends looking to populate this variable should
+    do so via calling thisObj._set_retry_timer() directly.
+
+    YANG Description: The client must not resend the same request before this
+timer expires.
+    """
+        if hasattr(v, '_utype'):
+            v = v._utype(v)
+        try:
+            t = _D141(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+        except (TypeError, ValueError):
+            raise ValueError({'error-string': 'retry_timer must be of a type compatible with uint32', 'defined-type': 'uint32', 'generated-type': 'YANGDynClass(base=RestrictedClassType(base_type=long, restriction_dict={\'range\': [\'0..4294967295\']}, int_size=32), is_leaf=True, yang_name="retry-timer", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'uint32\', is_config=False)'})
+        self.__retry_timer = t
+        if hasattr(self, '_set'):
+            self._set()
+
+    def _unset_retry_timer(self):
+        if getattr(self, '_yc_conflict_information_dots_agent__dots_agent_call_home_call_home_client_requests_request_scope_conflict_information__retry_timer', None) is not None:
+            del self.__retry_timer
+
+    def _get_conflict_scope(self):
+        """
+    Getter method for conflict_scope, mapped from YANG variable /dots_agent/call_home/call_home_client/requests/request/scope/conflict_information/conflict_scope (container)
+
+    YANG Description: Conflicting scope (overlapping targets).  The RFC 9132
+'acl-list' is not reported: it refers to the DOTS data
+channel datastore.
+    """
+        try:
+            return self.__conflict_scope
+        except AttributeError:
+            self.__conflict_scope = _D230(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            return self.__conflict_scope
+
+    def _set_conflict_scope(self, v, load=False):
+        """
+    Setter method for conflict_scope, mapped from YANG variable /dots_agent/call_home/call_home_client/requests/request/scope/conflict_information/conflict_scope (container)
+    If this variable is read-only (config: false) in the
+    source YANG file, then _set_conflict_scope is considered as a private
+    method. Backends looking to populate this variable should
+    do so via calling thisObj._set_conflict_scope() directly.
+
+    YANG Description: Conflicting scope (overlapping targets).  The RFC 9132
+'acl-list' is not reported: it refers to the DOTS data
+channel datastore.
+    """
+        if hasattr(v, '_utype'):
+            v = v._utype(v)
+        try:
+            t = _D230(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+        except (TypeError, ValueError):
+            raise ValueError({'error-string': 'conflict_scope must be of a type compatible with container', 'defined-type': 'container', 'generated-type': 'YANGDynClass(base=yc_conflict_scope_dots_agent__dots_agent_call_home_call_home_client_requests_request_scope_conflict_information_conflict_scope, is_container=\'container\', yang_name="conflict-scope", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, extensions=None, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'container\', is_config=False)'})
+        self.__conflict_scope = t
+        if hasattr(self, '_set'):
+            self._set()
+
+    def _unset_conflict_scope(self):
+        if getattr(self, '_yc_conflict_information_dots_agent__dots_agent_call_home_call_home_client_requests_request_scope_conflict_information__conflict_scope', None) is not None:
+            del self.__conflict_scope
+    conflict_status = __builtin__.property(_get_conflict_status)
+    conflict_cause = __builtin__.property(_get_conflict_cause)
+    retry_timer = __builtin__.property(_get_retry_timer)
+    conflict_scope = __builtin__.property(_get_conflict_scope)
+    _pyangbind_elements = OrderedDict([('conflict_status', conflict_status), ('conflict_cause', conflict_cause), ('retry_timer', retry_timer), ('conflict_scope', conflict_scope)])
+
+class yc_source_port_range_dots_agent__dots_agent_call_home_call_home_client_requests_request_scope_source_port_range(PybindBase):
+    """
+  This class was auto-generated by the PythonClass plugin for PYANG
+  from YANG module dots-agent - based on the path /dots-agent/call-home/call-home-client/requests/request/scope/source-port-range. Each member element of
+  the container is represented as a class variable - with a specific
+  YANG type.
+
+  YANG Description: Port range.  When only lower-port is present, it
+represents a single port number.
+  """
+    __slots__ = ('_path_helper', '_extmethods', '__lower_port', '__upper_port')
+    _yang_name = 'source-port-range'
+    _yang_namespace = 'urn:dots-agent:params:xml:ns:yang:dots-agent'
+    _pybind_generated_by = 'container'
+
+    def __init__(self, *args, **kwargs):
+        self._path_helper = False
+        self._extmethods = False
+        load = kwargs.pop('load', None)
+        if args:
+            if len(args) > 1:
+                raise TypeError('cannot create a YANG container with >1 argument')
+            all_attr = True
+            for e in self._pyangbind_elements:
+                if not hasattr(args[0], e):
+                    all_attr = False
+                    break
+            if not all_attr:
+                raise ValueError('Supplied object did not have the correct attributes')
+            for e in self._pyangbind_elements:
+                nobj = getattr(args[0], e)
+                if nobj._changed() is False:
+                    continue
+                setmethod = getattr(self, '_set_%s' % e)
+                if load is None:
+                    setmethod(getattr(args[0], e))
+                else:
+                    setmethod(getattr(args[0], e), load=load)
+
+    def _path(self):
+        if hasattr(self, '_parent'):
+            return self._parent._path() + [self._yang_name]
+        else:
+            return ['dots-agent', 'call-home', 'call-home-client', 'requests', 'request', 'scope', 'source-port-range']
+
+    def _get_lower_port(self):
+        """
+    Getter method for lower_port, mapped from YANG variable /dots_agent/call_home/call_home_client/requests/request/scope/source_port_range/lower_port (inet:port-number)
+
+    YANG Description: Lower port number of the port range.
+    """
+        try:
+            return self.__lower_port
+        except AttributeError:
+            self.__lower_port = _D130(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            return self.__lower_port
+
+    def _set_lower_port(self, v, load=False):
+        """
+    Setter method for lower_port, mapped from YANG variable /dots_agent/call_home/call_home_client/requests/request/scope/source_port_range/lower_port (inet:port-number)
+    If this variable is read-only (config: false) in the
+    source YANG file, then _set_lower_port is considered as a private
+    method. Backends looking to populate this variable should
+    do so via calling thisObj._set_lower_port() directly.
+
+    YANG Description: Lower port number of the port range.
+    """
+        parent = getattr(self, '_parent', None)
+        if parent is not None and load is False:
+            raise AttributeError('Cannot set keys directly when' + ' within an instantiated list')
+        if hasattr(v, '_utype'):
+            v = v._utype(v)
+        try:
+            t = _D130(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+        except (TypeError, ValueError):
+            raise ValueError({'error-string': 'lower_port must be of a type compatible with inet:port-number', 'defined-type': 'inet:port-number', 'generated-type': 'YANGDynClass(base=RestrictedClassType(base_type=RestrictedClassType(base_type=int, restriction_dict={\'range\': [\'0..65535\']},int_size=16), restriction_dict={\'range\': [\'0..65535\']}), is_leaf=True, yang_name="lower-port", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, is_keyval=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'inet:port-number\', is_config=False)'})
+        self.__lower_port = t
+        if hasattr(self, '_set'):
+            self._set()
+
+    def _unset_lower_port(self):
+        if getattr(self, '_yc_source_port_range_dots_agent__dots_agent_call_home_call_home_client_requests_request_scope_source_port_range__lower_port', None) is not None:
+            del self.__lower_port
+
+    def _get_upper_port(self):
+        """
+    Getter method for upper_port, mapped from YANG variable /dots_agent/call_home/call_home_client/requests/request/scope/source_port_range/upper_port (inet:port-number)
+
+    YANG Description: Upper port number of the port range.
+    """
+        try:
+            return self.__upper_port
+        except AttributeError:
+            self.__upper_port = _D131(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            return self.__upper_port
+
+    def _set_upper_port(self, v, load=False):
+        """
+    Setter method for upper_port, mapped from YANG variable /dots_agent/call_home/call_home_client/requests/request/scope/source_port_range/upper_port (inet:port-number)
+    If this variable is read-only (config: false) in the
+    source YANG file, then _set_upper_port is considered as a private
+    method. Backends looking to populate this variable should
+    do so via calling thisObj._set_upper_port() directly.
+
+    YANG Description: Upper port number of the port range.
+    """
+        if hasattr(v, '_utype'):
+            v = v._utype(v)
+        try:
+            t = _D131(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+        except (TypeError, ValueError):
+            raise ValueError({'error-string': 'upper_port must be of a type compatible with inet:port-number', 'defined-type': 'inet:port-number', 'generated-type': 'YANGDynClass(base=RestrictedClassType(base_type=RestrictedClassType(base_type=int, restriction_dict={\'range\': [\'0..65535\']},int_size=16), restriction_dict={\'range\': [\'0..65535\']}), is_leaf=True, yang_name="upper-port", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'inet:port-number\', is_config=False)'})
+        self.__upper_port = t
+        if hasattr(self, '_set'):
+            self._set()
+
+    def _unset_upper_port(self):
+        if getattr(self, '_yc_source_port_range_dots_agent__dots_agent_call_home_call_home_client_requests_request_scope_source_port_range__upper_port', None) is not None:
+            del self.__upper_port
+    lower_port = __builtin__.property(_get_lower_port)
+    upper_port = __builtin__.property(_get_upper_port)
+    _pyangbind_elements = OrderedDict([('lower_port', lower_port), ('upper_port', upper_port)])
+
+class yc_source_icmp_type_range_dots_agent__dots_agent_call_home_call_home_client_requests_request_scope_source_icmp_type_range(PybindBase):
+    """
+  This class was auto-generated by the PythonClass plugin for PYANG
+  from YANG module dots-agent - based on the path /dots-agent/call-home/call-home-client/requests/request/scope/source-icmp-type-range. Each member element of
+  the container is represented as a class variable - with a specific
+  YANG type.
+
+  YANG Description: ICMP/ICMPv6 type range.  When only lower-type is present,
+it represents a single ICMP/ICMPv6 type.
+  """
+    __slots__ = ('_path_helper', '_extmethods', '__lower_type', '__upper_type')
+    _yang_name = 'source-icmp-type-range'
+    _yang_namespace = 'urn:dots-agent:params:xml:ns:yang:dots-agent'
+    _pybind_generated_by = 'container'
+
+    def __init__(self, *args, **kwargs):
+        self._path_helper = False
+        self._extmethods = False
+        load = kwargs.pop('load', None)
+        if args:
+            if len(args) > 1:
+                raise TypeError('cannot create a YANG container with >1 argument')
+            all_attr = True
+            for e in self._pyangbind_elements:
+                if not hasattr(args[0], e):
+                    all_attr = False
+                    break
+            if not all_attr:
+                raise ValueError('Supplied object did not have the correct attributes')
+            for e in self._pyangbind_elements:
+                nobj = getattr(args[0], e)
+                if nobj._changed() is False:
+                    continue
+                setmethod = getattr(self, '_set_%s' % e)
+                if load is None:
+                    setmethod(getattr(args[0], e))
+                else:
+                    setmethod(getattr(args[0], e), load=load)
+
+    def _path(self):
+        if hasattr(self, '_parent'):
+            return self._parent._path() + [self._yang_name]
+        else:
+            return ['dots-agent', 'call-home', 'call-home-client', 'requests', 'request', 'scope', 'source-icmp-type-range']
+
+    def _get_lower_type(self):
+        """
+    Getter method for lower_type, mapped from YANG variable /dots_agent/call_home/call_home_client/requests/request/scope/source_icmp_type_range/lower_type (uint8)
+
+    YANG Description: Lower ICMP/ICMPv6 type of the range.
+    """
+        try:
+            return self.__lower_type
+        except AttributeError:
+            self.__lower_type = _D199(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            return self.__lower_type
+
+    def _set_lower_type(self, v, load=False):
+        """
+    Setter method for lower_type, mapped from YANG variable /dots_agent/call_home/call_home_client/requests/request/scope/source_icmp_type_range/lower_type (uint8)
+    If this variable is read-only (config: false) in the
+    source YANG file, then _set_lower_type is considered as a private
+    method. Backends looking to populate this variable should
+    do so via calling thisObj._set_lower_type() directly.
+
+    YANG Description: Lower ICMP/ICMPv6 type of the range.
+    """
+        parent = getattr(self, '_parent', None)
+        if parent is not None and load is False:
+            raise AttributeError('Cannot set keys directly when' + ' within an instantiated list')
+        if hasattr(v, '_utype'):
+            v = v._utype(v)
+        try:
+            t = _D199(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+        except (TypeError, ValueError):
+            raise ValueError({'error-string': 'lower_type must be of a type compatible with uint8', 'defined-type': 'uint8', 'generated-type': 'YANGDynClass(base=RestrictedClassType(base_type=int, restriction_dict={\'range\': [\'0..255\']}, int_size=8), is_leaf=True, yang_name="lower-type", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, is_keyval=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'uint8\', is_config=False)'})
+        self.__lower_type = t
+        if hasattr(self, '_set'):
+            self._set()
+
+    def _unset_lower_type(self):
+        if getattr(self, '_yc_source_icmp_type_range_dots_agent__dots_agent_call_home_call_home_client_requests_request_scope_source_icmp_type_range__lower_type', None) is not None:
+            del self.__lower_type
+
+    def _get_upper_type(self):
+        """
+    Getter method for upper_type, mapped from YANG variable /dots_agent/call_home/call_home_client/requests/request/scope/source_icmp_type_range/upper_type (uint8)
+
+    YANG Description: Upper ICMP/ICMPv6 type of the range.
+    """
+        try:
+            return self.__upper_type
+        except AttributeError:
+            self.__upper_type = _D200(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            return self.__upper_type
+
+    def _set_upper_type(self, v, load=False):
+        """
+    Setter method for upper_type, mapped from YANG variable /dots_agent/call_home/call_home_client/requests/request/scope/source_icmp_type_range/upper_type (uint8)
+    If this variable is read-only (config: false) in the
+    source YANG file, then _set_upper_type is considered as a private
+    method. Backends looking to populate this variable should
+    do so via calling thisObj._set_upper_type() directly.
+
+    YANG Description: Upper ICMP/ICMPv6 type of the range.
+    """
+        if hasattr(v, '_utype'):
+            v = v._utype(v)
+        try:
+            t = _D200(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+        except (TypeError, ValueError):
+            raise ValueError({'error-string': 'upper_type must be of a type compatible with uint8', 'defined-type': 'uint8', 'generated-type': 'YANGDynClass(base=RestrictedClassType(base_type=int, restriction_dict={\'range\': [\'0..255\']}, int_size=8), is_leaf=True, yang_name="upper-type", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'uint8\', is_config=False)'})
+        self.__upper_type = t
+        if hasattr(self, '_set'):
+            self._set()
+
+    def _unset_upper_type(self):
+        if getattr(self, '_yc_source_icmp_type_range_dots_agent__dots_agent_call_home_call_home_client_requests_request_scope_source_icmp_type_range__upper_type', None) is not None:
+            del self.__upper_type
+    lower_type = __builtin__.property(_get_lower_type)
+    upper_type = __builtin__.property(_get_upper_type)
+    _pyangbind_elements = OrderedDict([('lower_type', lower_type), ('upper_type', upper_type)])
+
+class yc_scope_dots_agent__dots_agent_call_home_call_home_client_requests_request_scope(PybindBase):
+    """
+  This class was auto-generated by the PythonClass plugin for PYANG
+  from YANG module dots-agent - based on the path /dots-agent/call-home/call-home-client/requests/request/scope. Each member element of
+  the container is represented as a class variable - with a specific
+  YANG type.
+
+  YANG Description: The scope as last reported by the Call Home DOTS
+server (as sent, until it reports).
+  """
+    __slots__ = ('_path_helper', '_extmethods', '__target_prefix', '__target_port_range', '__target_protocol', '__target_fqdn', '__target_uri', '__alias_name', '__lifetime', '__trigger_mitigation', '__mid', '__mitigation_start', '__status', '__conflict_information', '__bytes_dropped', '__bps_dropped', '__pkts_dropped', '__pps_dropped', '__attack_status', '__source_prefix', '__source_port_range', '__source_icmp_type_range')
+    _yang_name = 'scope'
+    _yang_namespace = 'urn:dots-agent:params:xml:ns:yang:dots-agent'
+    _pybind_generated_by = 'container'
+
+    def __init__(self, *args, **kwargs):
+        self._path_helper = False
+        self._extmethods = False
+        load = kwargs.pop('load', None)
+        if args:
+            if len(args) > 1:
+                raise TypeError('cannot create a YANG container with >1 argument')
+            all_attr = True
+            for e in self._pyangbind_elements:
+                if not hasattr(args[0], e):
+                    all_attr = False
+                    break
+            if not all_attr:
+                raise ValueError('Supplied object did not have the correct attributes')
+            for e in self._pyangbind_elements:
+                nobj = getattr(args[0], e)
+                if nobj._changed() is False:
+                    continue
+                setmethod = getattr(self, '_set_%s' % e)
+                if load is None:
+                    setmethod(getattr(args[0], e))
+                else:
+                    setmethod(getattr(args[0], e), load=load)
+
+    def _path(self):
+        if hasattr(self, '_parent'):
+            return self._parent._path() + [self._yang_name]
+        else:
+            return ['dots-agent', 'call-home', 'call-home-client', 'requests', 'request', 'scope']
+
+    def _get_target_prefix(self):
+        """
+    Getter method for target_prefix, mapped from YANG variable /dots_agent/call_home/call_home_client/requests/request/scope/target_prefix (inet:ip-prefix)
+
+    YANG Description: IPv4 or IPv6 prefix identifying the target.
+    """
+        try:
+            return self.__target_prefix
+        except AttributeError:
+            self.__target_prefix = _D132(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            return self.__target_prefix
+
+    def _set_target_prefix(self, v, load=False):
+        """
+    Setter method for target_prefix, mapped from YANG variable /dots_agent/call_home/call_home_client/requests/request/scope/target_prefix (inet:ip-prefix)
+    If this variable is read-only (config: false) in the
+    source YANG file, then _set_target_prefix is considered as a private
+    method. Backends looking to populate this variable should
+    do so via calling thisObj._set_target_prefix() directly.
+
+    YANG Description: IPv4 or IPv6 prefix identifying the target.
+    """
+        if hasattr(v, '_utype'):
+            v = v._utype(v)
+        try:
+            t = _D132(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+        except (TypeError, ValueError):
+            raise ValueError({'error-string': 'target_prefix must be of a type compatible with inet:ip-prefix', 'defined-type': 'inet:ip-prefix', 'generated-type': 'YANGDynClass(unique=True, base=TypedListType(allowed_type=[RestrictedClassType(base_type=str, restriction_dict={\'pattern\': \'(([0-9]|[1-9][0-9]|1[0-9][0-9]|2[0-4][0-9]|25[0-5])\\.){3}([0-9]|[1-9][0-9]|1[0-9][0-9]|2[0-4][0-9]|25[0-5])/(([0-9])|([1-2][0-9])|(3[0-2]))\'}),RestrictedClassType(base_type=str, restriction_dict={\'pattern\': \'((:|[0-9a-fA-F]{0,4}):)([0-9a-fA-F]{0,4}:){0,5}((([0-9a-fA-F]{0,4}:)?(:|[0-9a-fA-F]{0,4}))|(((25[0-5]|2[0-4][0-9]|[01]?[0-9]?[0-9])\\.){3}(25[0-5]|2[0-4][0-9]|[01]?[0-9]?[0-9])))(/(([0-9])|([0-9]{2})|(1[0-1][0-9])|(12[0-8])))\'}),]), is_leaf=False, yang_name="target-prefix", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'inet:ip-prefix\', is_config=False)'})
+        self.__target_prefix = t
+        if hasattr(self, '_set'):
+            self._set()
+
+    def _unset_target_prefix(self):
+        if getattr(self, '_yc_scope_dots_agent__dots_agent_call_home_call_home_client_requests_request_scope__target_prefix', None) is not None:
+            del self.__target_prefix
+
+    def _get_target_port_range(self):
+        """
+    Getter method for target_port_range, mapped from YANG variable /dots_agent/call_home/call_home_client/requests/request/scope/target_port_range (list)
+
+    YANG Description: Port range.  When only lower-port is
+present, it represents a single port number.
+    """
+        try:
+            return self.__target_port_range
+        except AttributeError:
+            self.__target_port_range = _D231(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            return self.__target_port_range
+
+    def _set_target_port_range(self, v, load=False):
+        """
+    Setter method for target_port_range, mapped from YANG variable /dots_agent/call_home/call_home_client/requests/request/scope/target_port_range (list)
+    If this variable is read-only (config: false) in the
+    source YANG file, then _set_target_port_range is considered as a private
+    method. Backends looking to populate this variable should
+    do so via calling thisObj._set_target_port_range() directly.
+
+    YANG Description: Port range.  When only lower-port is
+present, it represents a single port number.
+    """
+        if hasattr(v, '_utype'):
+            v = v._utype(v)
+        try:
+            t = _D231(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+        except (TypeError, ValueError):
+            raise ValueError({'error-string': 'target_port_range must be of a type compatible with list', 'defined-type': 'list', 'generated-type': 'YANGDynClass(base=YANGListType("lower_port",yc_target_port_range_dots_agent__dots_agent_call_home_call_home_client_requests_request_scope_target_port_range, yang_name="target-port-range", parent=self, is_container=\'list\', user_ordered=False, path_helper=self._path_helper, yang_keys=\'lower-port\', extensions=None), is_container=\'list\', yang_name="target-port-range", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, extensions=None, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'list\', is_config=False)'})
+        self.__target_port_range = t
+        if hasattr(self, '_set'):
+            self._set()
+
+    def _unset_target_port_range(self):
+        if getattr(self, '_yc_scope_dots_agent__dots_agent_call_home_call_home_client_requests_request_scope__target_port_range', None) is not None:
+            del self.__target_port_range
+
+    def _get_target_protocol(self):
+        """
+    Getter method for target_protocol, mapped from YANG variable /dots_agent/call_home/call_home_client/requests/request/scope/target_protocol (uint8)
+
+    YANG Description: Identifies the target protocol number.
+
+Values are taken from the IANA protocol registry:
+https://www.iana.org/assignments/protocol-numbers/
+
+For example, 6 for TCP or 17 for UDP.
+    """
+        try:
+            return self.__target_protocol
+        except AttributeError:
+            self.__target_protocol = _D134(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            return self.__target_protocol
+
+    def _set_target_protocol(self, v, load=False):
+        """
+    Setter method for target_protocol, mapped from YANG variable /dots_agent/call_home/call_home_client/requests/request/scope/target_protocol (uint8)
+    If this variable is read-only (config: false) in the
+    source YANG file, then _set_target_protocol is considered as a private
+    method. Backends looking to populate this variable should
+    do so via calling thisObj._set_target_protocol() directly.
+
+    YANG Description: Identifies the target protocol number.
+
+Values are taken from the IANA protocol registry:
+https://www.iana.org/assignments/protocol-numbers/
+
+For example, 6 for TCP or 17 for UDP.
+    """
+        if hasattr(v, '_utype'):
+            v = v._utype(v)
+        try:
+            t = _D134(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+        except (TypeError, ValueError):
+            raise ValueError({'error-string': 'target_protocol must be of a type compatible with uint8', 'defined-type': 'uint8', 'generated-type': 'YANGDynClass(unique=True, base=TypedListType(allowed_type=RestrictedClassType(base_type=int, restriction_dict={\'range\': [\'0..255\']}, int_size=8)), is_leaf=False, yang_name="target-protocol", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'uint8\', is_config=False)'})
+        self.__target_protocol = t
+        if hasattr(self, '_set'):
+            self._set()
+
+    def _unset_target_protocol(self):
+        if getattr(self, '_yc_scope_dots_agent__dots_agent_call_home_call_home_client_requests_request_scope__target_protocol', None) is not None:
+            del self.__target_protocol
+
+    def _get_target_fqdn(self):
+        """
+    Getter method for target_fqdn, mapped from YANG variable /dots_agent/call_home/call_home_client/requests/request/scope/target_fqdn (inet:domain-name)
+
+    YANG Description: FQDN identifying the target.
+    """
+        try:
+            return self.__target_fqdn
+        except AttributeError:
+            self.__target_fqdn = _D135(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            return self.__target_fqdn
+
+    def _set_target_fqdn(self, v, load=False):
+        """
+    Setter method for target_fqdn, mapped from YANG variable /dots_agent/call_home/call_home_client/requests/request/scope/target_fqdn (inet:domain-name)
+    If this variable is read-only (config: false) in the
+    source YANG file, then _set_target_fqdn is considered as a private
+    method. Backends looking to populate this variable should
+    do so via calling thisObj._set_target_fqdn() directly.
+
+    YANG Description: FQDN identifying the target.
+    """
+        if hasattr(v, '_utype'):
+            v = v._utype(v)
+        try:
+            t = _D135(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+        except (TypeError, ValueError):
+            raise ValueError({'error-string': 'target_fqdn must be of a type compatible with inet:domain-name', 'defined-type': 'inet:domain-name', 'generated-type': 'YANGDynClass(unique=True, base=TypedListType(allowed_type=RestrictedClassType(base_type=str, restriction_dict={\'pattern\': \'((([a-zA-Z0-9_]([a-zA-Z0-9\\-_]){0,61})?[a-zA-Z0-9]\\.)*([a-zA-Z0-9_]([a-zA-Z0-9\\-_]){0,61})?[a-zA-Z0-9]\\.?)|\\.\', \'length\': [\'1..253\']})), is_leaf=False, yang_name="target-fqdn", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'inet:domain-name\', is_config=False)'})
+        self.__target_fqdn = t
+        if hasattr(self, '_set'):
+            self._set()
+
+    def _unset_target_fqdn(self):
+        if getattr(self, '_yc_scope_dots_agent__dots_agent_call_home_call_home_client_requests_request_scope__target_fqdn', None) is not None:
+            del self.__target_fqdn
+
+    def _get_target_uri(self):
+        """
+    Getter method for target_uri, mapped from YANG variable /dots_agent/call_home/call_home_client/requests/request/scope/target_uri (inet:uri)
+
+    YANG Description: URI identifying the target.
+    """
+        try:
+            return self.__target_uri
+        except AttributeError:
+            self.__target_uri = _D136(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            return self.__target_uri
+
+    def _set_target_uri(self, v, load=False):
+        """
+    Setter method for target_uri, mapped from YANG variable /dots_agent/call_home/call_home_client/requests/request/scope/target_uri (inet:uri)
+    If this variable is read-only (config: false) in the
+    source YANG file, then _set_target_uri is considered as a private
+    method. Backends looking to populate this variable should
+    do so via calling thisObj._set_target_uri() directly.
+
+    YANG Description: URI identifying the target.
+    """
+        if hasattr(v, '_utype'):
+            v = v._utype(v)
+        try:
+            t = _D136(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+        except (TypeError, ValueError):
+            raise ValueError({'error-string': 'target_uri must be of a type compatible with inet:uri', 'defined-type': 'inet:uri', 'generated-type': 'YANGDynClass(unique=True, base=TypedListType(allowed_type=str), is_leaf=False, yang_name="target-uri", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'inet:uri\', is_config=False)'})
+        self.__target_uri = t
+        if hasattr(self, '_set'):
+            self._set()
+
+    def _unset_target_uri(self):
+        if getattr(self, '_yc_scope_dots_agent__dots_agent_call_home_call_home_client_requests_request_scope__target_uri', None) is not None:
+            del self.__target_uri
+
+    def _get_alias_name(self):
+        """
+    Getter method for alias_name, mapped from YANG variable /dots_agent/call_home/call_home_client/requests/request/scope/alias_name (string)
+
+    YANG Description: An alias name that points to a resource (RFC 9132).
+    """
+        try:
+            return self.__alias_name
+        except AttributeError:
+            self.__alias_name = _D137(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            return self.__alias_name
+
+    def _set_alias_name(self, v, load=False):
+        """
+    Setter method for alias_name, mapped from YANG variable /dots_agent/call_home/call_home_client/requests/request/scope/alias_name (string)
+    If this variable is read-only (config: false) in the
+    source YANG file, then _set_alias_name is considered as a private
+    method. Backends looking to populate this variable should
+    do so via calling thisObj._set_alias_name() directly.
+
+    YANG Description: An alias name that points to a resource (RFC 9132).
+    """
+        if hasattr(v, '_utype'):
+            v = v._utype(v)
+        try:
+            t = _D137(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+        except (TypeError, ValueError):
+            raise ValueError({'error-string': 'alias_name must be of a type compatible with string', 'defined-type': 'string', 'generated-type': 'YANGDynClass(unique=True, base=TypedListType(allowed_type=str), is_leaf=False, yang_name="alias-name", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'string\', is_config=False)'})
+        self.__alias_name = t
+        if hasattr(self, '_set'):
+            self._set()
+
+    def _unset_alias_name(self):
+        if getattr(self, '_yc_scope_dots_agent__dots_agent_call_home_call_home_client_requests_request_scope__alias_name', None) is not None:
+            del self.__alias_name
+
+    def _get_lifetime(self):
+        """
+    Getter method for lifetime, mapped from YANG variable /dots_agent/call_home/call_home_client/requests/request/scope/lifetime (mitigation-lifetime)
+
+    YANG Description: Lifetime of the mitigation request (RFC 9132).  '0' is
+invalid in a request; -1 asks for an indefinite
+lifetime, which the server may refuse.
+    """
+        try:
+            return self.__lifetime
+        except AttributeError:
+            self.__lifetime = _D144(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            return self.__lifetime
+
+    def _set_lifetime(self, v, load=False):
+        """
+    Setter method for lifetime, mapped from YANG variable /dots_agent/call_home/call_home_client/requests/request/scope/lifetime (mitigation-lifetime)
+    If this variable is read-only (config: false) in the
+    source YANG file, then _set_lifetime is considered as a private
+    method. Backends looking to populate this variable should
+    do so via calling thisObj._set_lifetime() directly.
+
+    YANG Description: Lifetime of the mitigation request (RFC 9132).  '0' is
+invalid in a request; -1 asks for an indefinite
+lifetime, which the server may refuse.
+    """
+        if hasattr(v, '_utype'):
+            v = v._utype(v)
+        try:
+            t = _D144(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+        except (TypeError, ValueError):
+            raise ValueError({'error-string': 'lifetime must be of a type compatible with mitigation-lifetime', 'defined-type': 'dots-agent:mitigation-lifetime', 'generated-type': 'YANGDynClass(base=[RestrictedClassType(base_type=long, restriction_dict={\'range\': [\'0..4294967295\']}, int_size=32),RestrictedClassType(base_type=RestrictedClassType(base_type=long, restriction_dict={\'range\': [\'-2147483648..2147483647\']}, int_size=32), restriction_dict={\'range\': [\'-1\']}),], default=RestrictedClassType(base_type=long, restriction_dict={\'range\': [\'-2147483648..2147483647\']}, int_size=32)(3600), is_leaf=True, yang_name="lifetime", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'mitigation-lifetime\', is_config=False)'})
+        self.__lifetime = t
+        if hasattr(self, '_set'):
+            self._set()
+
+    def _unset_lifetime(self):
+        if getattr(self, '_yc_scope_dots_agent__dots_agent_call_home_call_home_client_requests_request_scope__lifetime', None) is not None:
+            del self.__lifetime
+
+    def _get_trigger_mitigation(self):
+        """
+    Getter method for trigger_mitigation, mapped from YANG variable /dots_agent/call_home/call_home_client/requests/request/scope/trigger_mitigation (boolean)
+
+    YANG Description: If 'false', mitigation is only triggered when the signal
+channel session is lost (RFC 9132).
+    """
+        try:
+            return self.__trigger_mitigation
+        except AttributeError:
+            self.__trigger_mitigation = _D145(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            return self.__trigger_mitigation
+
+    def _set_trigger_mitigation(self, v, load=False):
+        """
+    Setter method for trigger_mitigation, mapped from YANG variable /dots_agent/call_home/call_home_client/requests/request/scope/trigger_mitigation (boolean)
+    If this variable is read-only (config: false) in the
+    source YANG file, then _set_trigger_mitigation is considered as a private
+    method. Backends looking to populate this variable should
+    do so via calling thisObj._set_trigger_mitigation() directly.
+
+    YANG Description: If 'false', mitigation is only triggered when the signal
+channel session is lost (RFC 9132).
+    """
+        if hasattr(v, '_utype'):
+            v = v._utype(v)
+        try:
+            t = _D145(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+        except (TypeError, ValueError):
+            raise ValueError({'error-string': 'trigger_mitigation must be of a type compatible with boolean', 'defined-type': 'boolean', 'generated-type': 'YANGDynClass(base=YANGBool, default=YANGBool("true"), is_leaf=True, yang_name="trigger-mitigation", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'boolean\', is_config=False)'})
+        self.__trigger_mitigation = t
+        if hasattr(self, '_set'):
+            self._set()
+
+    def _unset_trigger_mitigation(self):
+        if getattr(self, '_yc_scope_dots_agent__dots_agent_call_home_call_home_client_requests_request_scope__trigger_mitigation', None) is not None:
+            del self.__trigger_mitigation
+
+    def _get_mid(self):
+        """
+    Getter method for mid, mapped from YANG variable /dots_agent/call_home/call_home_client/requests/request/scope/mid (mid)
+
+    YANG Description: Mitigation request identifier, as carried in the scope of
+server-to-client messages (RFC 9132).
+    """
+        try:
+            return self.__mid
+        except AttributeError:
+            self.__mid = _D138(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            return self.__mid
+
+    def _set_mid(self, v, load=False):
+        """
+    Setter method for mid, mapped from YANG variable /dots_agent/call_home/call_home_client/requests/request/scope/mid (mid)
+    If this variable is read-only (config: false) in the
+    source YANG file, then _set_mid is considered as a private
+    method. Backends looking to populate this variable should
+    do so via calling thisObj._set_mid() directly.
+
+    YANG Description: Mitigation request identifier, as carried in the scope of
+server-to-client messages (RFC 9132).
+    """
+        if hasattr(v, '_utype'):
+            v = v._utype(v)
+        try:
+            t = _D138(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+        except (TypeError, ValueError):
+            raise ValueError({'error-string': 'mid must be of a type compatible with mid', 'defined-type': 'dots-agent:mid', 'generated-type': 'YANGDynClass(base=RestrictedClassType(base_type=long, restriction_dict={\'range\': [\'0..4294967295\']}, int_size=32), is_leaf=True, yang_name="mid", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'mid\', is_config=False)'})
+        self.__mid = t
+        if hasattr(self, '_set'):
+            self._set()
+
+    def _unset_mid(self):
+        if getattr(self, '_yc_scope_dots_agent__dots_agent_call_home_call_home_client_requests_request_scope__mid', None) is not None:
+            del self.__mid
+
+    def _get_mitigation_start(self):
+        """
+    Getter method for mitigation_start, mapped from YANG variable /dots_agent/call_home/call_home_client/requests/request/scope/mitigation_start (uint64)
+
+    YANG Description: Mitigation start time in seconds relative to
+1970-01-01T00:00:00Z (RFC 9132).
+    """
+        try:
+            return self.__mitigation_start
+        except AttributeError:
+            self.__mitigation_start = _D146(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            return self.__mitigation_start
+
+    def _set_mitigation_start(self, v, load=False):
+        """
+    Setter method for mitigation_start, mapped from YANG variable /dots_agent/call_home/call_home_client/requests/request/scope/mitigation_start (uint64)
+    If this variable is read-only (config: false) in the
+    source YANG file, then _set_mitigation_start is considered as a private
+    method. Backends looking to populate this variable should
+    do so via calling thisObj._set_mitigation_start() directly.
+
+    YANG Description: Mitigation start time in seconds relative to
+1970-01-01T00:00:00Z (RFC 9132).
+    """
+        if hasattr(v, '_utype'):
+            v = v._utype(v)
+        try:
+            t = _D146(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+        except (TypeError, ValueError):
+            raise ValueError({'error-string': 'mitigation_start must be of a type compatible with uint64', 'defined-type': 'uint64', 'generated-type': 'YANGDynClass(base=RestrictedClassType(base_type=long, restriction_dict={\'range\':  [\'0..18446744073709551615\']}, int_size=64), is_leaf=True, yang_name="mitigation-start", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'uint64\', is_config=False)'})
+        self.__mitigation_start = t
+        if hasattr(self, '_set'):
+            self._set()
+
+    def _unset_mitigation_start(self):
+        if getattr(self, '_yc_scope_dots_agent__dots_agent_call_home_call_home_client_requests_request_scope__mitigation_start', None) is not None:
+            del self.__mitigation_start
+
+    def _get_status(self):
+        """
+    Getter method for status, mapped from YANG variable /dots_agent/call_home/call_home_client/requests/request/scope/status (iana-dots-signal:status)
+
+    YANG Description: Status of the mitigation request (RFC 9132).
+    """
+        try:
+            return self.__status
+        except AttributeError:
+            self.__status = _D147(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            return self.__status
+
+    def _set_status(self, v, load=False):
+        """
+    Setter method for status, mapped from YANG variable /dots_agent/call_home/call_home_client/requests/request/scope/status (iana-dots-signal:status)
+    If this variable is read-only (config: false) in the
+    source YANG file, then _set_status is considered as a private
+    method. Backends looking to populate this variable should
+    do so via calling thisObj._set_status() directly.
+
+    YANG Description: Status of the mitigation request (RFC 9132).
+    """
+        if hasattr(v, '_utype'):
+            v = v._utype(v)
+        try:
+            t = _D147(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+        except (TypeError, ValueError):
+            raise ValueError({'error-string': 'status must be of a type compatible with iana-dots-signal:status', 'defined-type': 'iana-dots-signal:status', 'generated-type': 'YANGDynClass(base=RestrictedClassType(base_type=str,                                     restriction_type="dict_key",                                     restriction_arg={\'attack-mitigation-in-progress\': {\'value\': 1}, \'attack-successfully-mitigated\': {\'value\': 2}, \'attack-stopped\': {\'value\': 3}, \'attack-exceeded-capability\': {\'value\': 4}, \'dots-client-withdrawn-mitigation\': {\'value\': 5}, \'attack-mitigation-terminated\': {\'value\': 6}, \'attack-mitigation-withdrawn\': {\'value\': 7}, \'attack-mitigation-signal-loss\': {\'value\': 8}},), is_leaf=True, yang_name="status", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'iana-dots-signal:status\', is_config=False)'})
+        self.__status = t
+        if hasattr(self, '_set'):
+            self._set()
+
+    def _unset_status(self):
+        if getattr(self, '_yc_scope_dots_agent__dots_agent_call_home_call_home_client_requests_request_scope__status', None) is not None:
+            del self.__status
+
+    def _get_conflict_information(self):
+        """
+    Getter method for conflict_information, mapped from YANG variable /dots_agent/call_home/call_home_client/requests/request/scope/conflict_information (container)
+
+    YANG Description: Conflict detected by the server (RFC 9132).
+    """
+        try:
+            return self.__conflict_information
+        except AttributeError:
+            self.__conflict_information = _D232(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            return self.__conflict_information
+
+    def _set_conflict_information(self, v, load=False):
+        """
+    Setter method for conflict_information, mapped from YANG variable /dots_agent/call_home/call_home_client/requests/request/scope/conflict_information (container)
+    If this variable is read-only (config: false) in the
+    source YANG file, then _set_conflict_information is considered as a private
+    method. Backends looking to populate this variable should
+    do so via calling thisObj._set_conflict_information() directly.
+
+    YANG Description: Conflict detected by the server (RFC 9132).
+    """
+        if hasattr(v, '_utype'):
+            v = v._utype(v)
+        try:
+            t = _D232(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+        except (TypeError, ValueError):
+            raise ValueError({'error-string': 'conflict_information must be of a type compatible with container', 'defined-type': 'container', 'generated-type': 'YANGDynClass(base=yc_conflict_information_dots_agent__dots_agent_call_home_call_home_client_requests_request_scope_conflict_information, is_container=\'container\', yang_name="conflict-information", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, extensions=None, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'container\', is_config=False)'})
+        self.__conflict_information = t
+        if hasattr(self, '_set'):
+            self._set()
+
+    def _unset_conflict_information(self):
+        if getattr(self, '_yc_scope_dots_agent__dots_agent_call_home_call_home_client_requests_request_scope__conflict_information', None) is not None:
+            del self.__conflict_information
+
+    def _get_bytes_dropped(self):
+        """
+    Getter method for bytes_dropped, mapped from YANG variable /dots_agent/call_home/call_home_client/requests/request/scope/bytes_dropped (yang:zero-based-counter64)
+
+    YANG Description: Total dropped bytes since the mitigation was triggered.
+    """
+        try:
+            return self.__bytes_dropped
+        except AttributeError:
+            self.__bytes_dropped = _D149(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            return self.__bytes_dropped
+
+    def _set_bytes_dropped(self, v, load=False):
+        """
+    Setter method for bytes_dropped, mapped from YANG variable /dots_agent/call_home/call_home_client/requests/request/scope/bytes_dropped (yang:zero-based-counter64)
+    If this variable is read-only (config: false) in the
+    source YANG file, then _set_bytes_dropped is considered as a private
+    method. Backends looking to populate this variable should
+    do so via calling thisObj._set_bytes_dropped() directly.
+
+    YANG Description: Total dropped bytes since the mitigation was triggered.
+    """
+        if hasattr(v, '_utype'):
+            v = v._utype(v)
+        try:
+            t = _D149(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+        except (TypeError, ValueError):
+            raise ValueError({'error-string': 'bytes_dropped must be of a type compatible with yang:zero-based-counter64', 'defined-type': 'yang:zero-based-counter64', 'generated-type': 'YANGDynClass(base=RestrictedClassType(base_type=long, restriction_dict={\'range\':  [\'0..18446744073709551615\']}, int_size=64), default=RestrictedClassType(base_type=long, restriction_dict={\'range\':  [\'0..18446744073709551615\']}, int_size=64)(0), is_leaf=True, yang_name="bytes-dropped", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'yang:zero-based-counter64\', is_config=False)'})
+        self.__bytes_dropped = t
+        if hasattr(self, '_set'):
+            self._set()
+
+    def _unset_bytes_dropped(self):
+        if getattr(self, '_yc_scope_dots_agent__dots_agent_call_home_call_home_client_requests_request_scope__bytes_dropped', None) is not None:
+            del self.__bytes_dropped
+
+    def _get_bps_dropped(self):
+        """
+    Getter method for bps_dropped, mapped from YANG variable /dots_agent/call_home/call_home_client/requests/request/scope/bps_dropped (yang:gauge64)
+
+    YANG Description: Average dropped bytes per second since the mitigation was
+triggered.
+    """
+        try:
+            return self.__bps_dropped
+        except AttributeError:
+            self.__bps_dropped = _D150(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            return self.__bps_dropped
+
+    def _set_bps_dropped(self, v, load=False):
+        """
+    Setter method for bps_dropped, mapped from YANG variable /dots_agent/call_home/call_home_client/requests/request/scope/bps_dropped (yang:gauge64)
+    If this variable is read-only (config: false) in the
+    source YANG file, then _set_bps_dropped is considered as a private
+    method. Backends looking to populate this variable should
+    do so via calling thisObj._set_bps_dropped() directly.
+
+    YANG Description: Average dropped bytes per second since the mitigation was
+triggered.
+    """
+        if hasattr(v, '_utype'):
+            v = v._utype(v)
+        try:
+            t = _D150(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+        except (TypeError, ValueError):
+            raise ValueError({'error-string': 'bps_dropped must be of a type compatible with yang:gauge64', 'defined-type': 'yang:gauge64', 'generated-type': 'YANGDynClass(base=RestrictedClassType(base_type=long, restriction_dict={\'range\':  [\'0..18446744073709551615\']}, int_size=64), is_leaf=True, yang_name="bps-dropped", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'yang:gauge64\', is_config=False)'})
+        self.__bps_dropped = t
+        if hasattr(self, '_set'):
+            self._set()
+
+    def _unset_bps_dropped(self):
+        if getattr(self, '_yc_scope_dots_agent__dots_agent_call_home_call_home_client_requests_request_scope__bps_dropped', None) is not None:
+            del self.__bps_dropped
+
+    def _get_pkts_dropped(self):
+        """
+    Getter method for pkts_dropped, mapped from YANG variable /dots_agent/call_home/call_home_client/requests/request/scope/pkts_dropped (yang:zero-based-counter64)
+
+    YANG Description: Total dropped packets since the mitigation was
+triggered.
+    """
+        try:
+            return self.__pkts_dropped
+        except AttributeError:
+            self.__pkts_dropped = _D151(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            return self.__pkts_dropped
+
+    def _set_pkts_dropped(self, v, load=False):
+        """
+    Setter method for pkts_dropped, mapped from YANG variable /dots_agent/call_home/call_home_client/requests/request/scope/pkts_dropped (yang:zero-based-counter64)
+    If this variable is read-only (config: false) in the
+    source YANG file, then _set_pkts_dropped is considered as a private
+    method. Backends looking to populate this variable should
+    do so via calling thisObj._set_pkts_dropped() directly.
+
+    YANG Description: Total dropped packets since the mitigation was
+triggered.
+    """
+        if hasattr(v, '_utype'):
+            v = v._utype(v)
+        try:
+            t = _D151(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+        except (TypeError, ValueError):
+            raise ValueError({'error-string': 'pkts_dropped must be of a type compatible with yang:zero-based-counter64', 'defined-type': 'yang:zero-based-counter64', 'generated-type': 'YANGDynClass(base=RestrictedClassType(base_type=long, restriction_dict={\'range\':  [\'0..18446744073709551615\']}, int_size=64), default=RestrictedClassType(base_type=long, restriction_dict={\'range\':  [\'0..18446744073709551615\']}, int_size=64)(0), is_leaf=True, yang_name="pkts-dropped", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'yang:zero-based-counter64\', is_config=False)'})
+        self.__pkts_dropped = t
+        if hasattr(self, '_set'):
+            self._set()
+
+    def _unset_pkts_dropped(self):
+        if getattr(self, '_yc_scope_dots_agent__dots_agent_call_home_call_home_client_requests_request_scope__pkts_dropped', None) is not None:
+            del self.__pkts_dropped
+
+    def _get_pps_dropped(self):
+        """
+    Getter method for pps_dropped, mapped from YANG variable /dots_agent/call_home/call_home_client/requests/request/scope/pps_dropped (yang:gauge64)
+
+    YANG Description: Average dropped packets per second since the mitigation
+was triggered.
+    """
+        try:
+            return self.__pps_dropped
+        except AttributeError:
+            self.__pps_dropped = _D152(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            return self.__pps_dropped
+
+    def _set_pps_dropped(self, v, load=False):
+        """
+    Setter method for pps_dropped, mapped from YANG variable /dots_agent/call_home/call_home_client/requests/request/scope/pps_dropped (yang:gauge64)
+    If this variable is read-only (config: false) in the
+    source YANG file, then _set_pps_dropped is considered as a private
+    method. Backends looking to populate this variable should
+    do so via calling thisObj._set_pps_dropped() directly.
+
+    YANG Description: Average dropped packets per second since the mitigation
+was triggered.
+    """
+        if hasattr(v, '_utype'):
+            v = v._utype(v)
+        try:
+            t = _D152(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+        except (TypeError, ValueError):
+            raise ValueError({'error-string': 'pps_dropped must be of a type compatible with yang:gauge64', 'defined-type': 'yang:gauge64', 'generated-type': 'YANGDynClass(base=RestrictedClassType(base_type=long, restriction_dict={\'range\':  [\'0..18446744073709551615\']}, int_size=64), is_leaf=True, yang_name="pps-dropped", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'yang:gauge64\', is_config=False)'})
+        self.__pps_dropped = t
+        if hasattr(self, '_set'):
+            self._set()
+
+    def _unset_pps_dropped(self):
+        if getattr(self, '_yc_scope_dots_agent__dots_agent_call_home_call_home_client_requests_request_scope__pps_dropped', None) is not None:
+            del self.__pps_dropped
+
+    def _get_attack_status(self):
+        """
+    Getter method for attack_status, mapped from YANG variable /dots_agent/call_home/call_home_client/requests/request/scope/attack_status (iana-dots-signal:attack-status)
+
+    YANG Description: Attack status last reported by the client in an efficacy
+update (RFC 9132, Section 4.4.3).
+    """
+        try:
+            return self.__attack_status
+        except AttributeError:
+            self.__attack_status = _D153(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            return self.__attack_status
+
+    def _set_attack_status(self, v, load=False):
+        """
+    Setter method for attack_status, mapped from YANG variable /dots_agent/call_home/call_home_client/requests/request/scope/attack_status (iana-dots-signal:attack-status)
+    If this variable is read-only (config: false) in the
+    source YANG file, then _set_attack_status is considered as a private
+    method. Backends looking to populate this variable should
+    do so via calling thisObj._set_attack_status() directly.
+
+    YANG Description: Attack status last reported by the client in an efficacy
+update (RFC 9132, Section 4.4.3).
+    """
+        if hasattr(v, '_utype'):
+            v = v._utype(v)
+        try:
+            t = _D153(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+        except (TypeError, ValueError):
+            raise ValueError({'error-string': 'attack_status must be of a type compatible with iana-dots-signal:attack-status', 'defined-type': 'iana-dots-signal:attack-status', 'generated-type': 'YANGDynClass(base=RestrictedClassType(base_type=str,                                     restriction_type="dict_key",                                     restriction_arg={\'under-attack\': {\'value\': 1}, \'attack-successfully-mitigated\': {\'value\': 2}},), is_leaf=True, yang_name="attack-status", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'iana-dots-signal:attack-status\', is_config=False)'})
+        self.__attack_status = t
+        if hasattr(self, '_set'):
+            self._set()
+
+    def _unset_attack_status(self):
+        if getattr(self, '_yc_scope_dots_agent__dots_agent_call_home_call_home_client_requests_request_scope__attack_status', None) is not None:
+            del self.__attack_status
+
+    def _get_source_prefix(self):
+        """
+    Getter method for source_prefix, mapped from YANG variable /dots_agent/call_home/call_home_client/requests/request/scope/source_prefix (inet:ip-prefix)
+
+    YANG Description: IPv4 or IPv6 prefix identifying the attack source(s).
+    """
+        try:
+            return self.__source_prefix
+        except AttributeError:
+            self.__source_prefix = _D203(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            return self.__source_prefix
+
+    def _set_source_prefix(self, v, load=False):
+        """
+    Setter method for source_prefix, mapped from YANG variable /dots_agent/call_home/call_home_client/requests/request/scope/source_prefix (inet:ip-prefix)
+    If this variable is read-only (config: false) in the
+    source YANG file, then _set_source_prefix is considered as a private
+    method. Backends looking to populate this variable should
+    do so via calling thisObj._set_source_prefix() directly.
+
+    YANG Description: IPv4 or IPv6 prefix identifying the attack source(s).
+    """
+        if hasattr(v, '_utype'):
+            v = v._utype(v)
+        try:
+            t = _D203(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+        except (TypeError, ValueError):
+            raise ValueError({'error-string': 'source_prefix must be of a type compatible with inet:ip-prefix', 'defined-type': 'inet:ip-prefix', 'generated-type': 'YANGDynClass(unique=True, base=TypedListType(allowed_type=[RestrictedClassType(base_type=str, restriction_dict={\'pattern\': \'(([0-9]|[1-9][0-9]|1[0-9][0-9]|2[0-4][0-9]|25[0-5])\\.){3}([0-9]|[1-9][0-9]|1[0-9][0-9]|2[0-4][0-9]|25[0-5])/(([0-9])|([1-2][0-9])|(3[0-2]))\'}),RestrictedClassType(base_type=str, restriction_dict={\'pattern\': \'((:|[0-9a-fA-F]{0,4}):)([0-9a-fA-F]{0,4}:){0,5}((([0-9a-fA-F]{0,4}:)?(:|[0-9a-fA-F]{0,4}))|(((25[0-5]|2[0-4][0-9]|[01]?[0-9]?[0-9])\\.){3}(25[0-5]|2[0-4][0-9]|[01]?[0-9]?[0-9])))(/(([0-9])|([0-9]{2})|(1[0-1][0-9])|(12[0-8])))\'}),]), is_leaf=False, yang_name="source-prefix", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'inet:ip-prefix\', is_config=False)'})
+        self.__source_prefix = t
+        if hasattr(self, '_set'):
+            self._set()
+
+    def _unset_source_prefix(self):
+        if getattr(self, '_yc_scope_dots_agent__dots_agent_call_home_call_home_client_requests_request_scope__source_prefix', None) is not None:
+            del self.__source_prefix
+
+    def _get_source_port_range(self):
+        """
+    Getter method for source_port_range, mapped from YANG variable /dots_agent/call_home/call_home_client/requests/request/scope/source_port_range (list)
+
+    YANG Description: Port range.  When only lower-port is present, it
+represents a single port number.
+    """
+        try:
+            return self.__source_port_range
+        except AttributeError:
+            self.__source_port_range = _D233(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            return self.__source_port_range
+
+    def _set_source_port_range(self, v, load=False):
+        """
+    Setter method for source_port_range, mapped from YANG variable /dots_agent/call_home/call_home_client/requests/request/scope/source_port_range (list)
+    If this variable is read-only (config: false) in the
+    source YANG file, then _set_source_port_range is considered as a private
+    method. Backends looking to populate this variable should
+    do so via calling thisObj._set_source_port_range() directly.
+
+    YANG Description: Port range.  When only lower-port is present, it
+represents a single port number.
+    """
+        if hasattr(v, '_utype'):
+            v = v._utype(v)
+        try:
+            t = _D233(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+        except (TypeError, ValueError):
+            raise ValueError({'error-string': 'source_port_range must be of a type compatible with list', 'defined-type': 'list', 'generated-type': 'YANGDynClass(base=YANGListType("lower_port",yc_source_port_range_dots_agent__dots_agent_call_home_call_home_client_requests_request_scope_source_port_range, yang_name="source-port-range", parent=self, is_container=\'list\', user_ordered=False, path_helper=self._path_helper, yang_keys=\'lower-port\', extensions=None), is_container=\'list\', yang_name="source-port-range", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, extensions=None, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'list\', is_config=False)'})
+        self.__source_port_range = t
+        if hasattr(self, '_set'):
+            self._set()
+
+    def _unset_source_port_range(self):
+        if getattr(self, '_yc_scope_dots_agent__dots_agent_call_home_call_home_client_requests_request_scope__source_port_range', None) is not None:
+            del self.__source_port_range
+
+    def _get_source_icmp_type_range(self):
+        """
+    Getter method for source_icmp_type_range, mapped from YANG variable /dots_agent/call_home/call_home_client/requests/request/scope/source_icmp_type_range (list)
+
+    YANG Description: ICMP/ICMPv6 type range.  When only lower-type is present,
+it represents a single ICMP/ICMPv6 type.
+    """
+        try:
+            return self.__source_icmp_type_range
+        except AttributeError:
+            self.__source_icmp_type_range = _D234(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            return self.__source_icmp_type_range
+
+    def _set_source_icmp_type_range(self, v, load=False):
+        """
+    Setter method for source_icmp_type_range, mapped from YANG variable /dots_agent/call_home/call_home_client/requests/request/scope/source_icmp_type_range (list)
+    If this variable is read-only (config: false) in the
+    source YANG file, then _set_source_icmp_type_range is considered as a private
+    method. Backends looking to populate this variable should
+    do so via calling thisObj._set_source_icmp_type_range() directly.
+
+    YANG Description: ICMP/ICMPv6 type range.  When only lower-type is present,
+it represents a single ICMP/ICMPv6 type.
+    """
+        if hasattr(v, '_utype'):
+            v = v._utype(v)
+        try:
+            t = _D234(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+        except (TypeError, ValueError):
+            raise ValueError({'error-string': 'source_icmp_type_range must be of a type compatible with list', 'defined-type': 'list', 'generated-type': 'YANGDynClass(base=YANGListType("lower_type",yc_source_icmp_type_range_dots_agent__dots_agent_call_home_call_home_client_requests_request_scope_source_icmp_type_range, yang_name="source-icmp-type-range", parent=self, is_container=\'list\', user_ordered=False, path_helper=self._path_helper, yang_keys=\'lower-type\', extensions=None), is_container=\'list\', yang_name="source-icmp-type-range", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, extensions=None, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'list\', is_config=False)'})
+        self.__source_icmp_type_range = t
+        if hasattr(self, '_set'):
+            self._set()
+
+    def _unset_source_icmp_type_range(self):
+        if getattr(self, '_yc_scope_dots_agent__dots_agent_call_home_call_home_client_requests_request_scope__source_icmp_type_range', None) is not None:
+            del self.__source_icmp_type_range
+    target_prefix = __builtin__.property(_get_target_prefix)
+    target_port_range = __builtin__.property(_get_target_port_range)
+    target_protocol = __builtin__.property(_get_target_protocol)
+    target_fqdn = __builtin__.property(_get_target_fqdn)
+    target_uri = __builtin__.property(_get_target_uri)
+    alias_name = __builtin__.property(_get_alias_name)
+    lifetime = __builtin__.property(_get_lifetime)
+    trigger_mitigation = __builtin__.property(_get_trigger_mitigation)
+    mid = __builtin__.property(_get_mid)
+    mitigation_start = __builtin__.property(_get_mitigation_start)
+    status = __builtin__.property(_get_status)
+    conflict_information = __builtin__.property(_get_conflict_information)
+    bytes_dropped = __builtin__.property(_get_bytes_dropped)
+    bps_dropped = __builtin__.property(_get_bps_dropped)
+    pkts_dropped = __builtin__.property(_get_pkts_dropped)
+    pps_dropped = __builtin__.property(_get_pps_dropped)
+    attack_status = __builtin__.property(_get_attack_status)
+    source_prefix = __builtin__.property(_get_source_prefix)
+    source_port_range = __builtin__.property(_get_source_port_range)
+    source_icmp_type_range = __builtin__.property(_get_source_icmp_type_range)
+    _pyangbind_elements = OrderedDict([('target_prefix', target_prefix), ('target_port_range', target_port_range), ('target_protocol', target_protocol), ('target_fqdn', target_fqdn), ('target_uri', target_uri), ('alias_name', alias_name), ('lifetime', lifetime), ('trigger_mitigation', trigger_mitigation), ('mid', mid), ('mitigation_start', mitigation_start), ('status', status), ('conflict_information', conflict_information), ('bytes_dropped', bytes_dropped), ('bps_dropped', bps_dropped), ('pkts_dropped', pkts_dropped), ('pps_dropped', pps_dropped), ('attack_status', attack_status), ('source_prefix', source_prefix), ('source_port_range', source_port_range), ('source_icmp_type_range', source_icmp_type_range)])
+
+class yc_request_dots_agent__dots_agent_call_home_call_home_client_requests_request(PybindBase):
+    """
+  This class was auto-generated by the PythonClass plugin for PYANG
+  from YANG module dots-agent - based on the path /dots-agent/call-home/call-home-client/requests/request. Each member element of
+  the container is represented as a class variable - with a specific
+  YANG type.
+
+  YANG Description: A mitigation request sent to a Call Home DOTS server.
+  """
+    __slots__ = ('_path_helper', '_extmethods', '__peer_cuid', '__mid', '__sent', '__last_response_code', '__last_update', '__scope')
+    _yang_name = 'request'
+    _yang_namespace = 'urn:dots-agent:params:xml:ns:yang:dots-agent'
+    _pybind_generated_by = 'container'
+
+    def __init__(self, *args, **kwargs):
+        self._path_helper = False
+        self._extmethods = False
+        load = kwargs.pop('load', None)
+        if args:
+            if len(args) > 1:
+                raise TypeError('cannot create a YANG container with >1 argument')
+            all_attr = True
+            for e in self._pyangbind_elements:
+                if not hasattr(args[0], e):
+                    all_attr = False
+                    break
+            if not all_attr:
+                raise ValueError('Supplied object did not have the correct attributes')
+            for e in self._pyangbind_elements:
+                nobj = getattr(args[0], e)
+                if nobj._changed() is False:
+                    continue
+                setmethod = getattr(self, '_set_%s' % e)
+                if load is None:
+                    setmethod(getattr(args[0], e))
+                else:
+                    setmethod(getattr(args[0], e), load=load)
+
+    def _path(self):
+        if hasattr(self, '_parent'):
+            return self._parent._path() + [self._yang_name]
+        else:
+            return ['dots-agent', 'call-home', 'call-home-client', 'requests', 'request']
+
+    def _get_peer_cuid(self):
+        """
+    Getter method for peer_cuid, mapped from YANG variable /dots_agent/call_home/call_home_client/requests/request/peer_cuid (cuid)
+
+    YANG Description: Identifier of the Call Home DOTS server (from its
+certificate).
+    """
+        try:
+            return self.__peer_cuid
+        except AttributeError:
+            self.__peer_cuid = _D235(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            return self.__peer_cuid
+
+    def _set_peer_cuid(self, v, load=False):
+        """
+    Setter method for peer_cuid, mapped from YANG variable /dots_agent/call_home/call_home_client/requests/request/peer_cuid (cuid)
+    If this variable is read-only (config: false) in the
+    source YANG file, then _set_peer_cuid is considered as a private
+    method. Backends looking to populate this variable should
+    do so via calling thisObj._set_peer_cuid() directly.
+
+    YANG Description: Identifier of the Call Home DOTS server (from its
+certificate).
+    """
+        parent = getattr(self, '_parent', None)
+        if parent is not None and load is False:
+            raise AttributeError('Cannot set keys directly when' + ' within an instantiated list')
+        if hasattr(v, '_utype'):
+            v = v._utype(v)
+        try:
+            t = _D235(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+        except (TypeError, ValueError):
+            raise ValueError({'error-string': 'peer_cuid must be of a type compatible with cuid', 'defined-type': 'dots-agent:cuid', 'generated-type': 'YANGDynClass(base=RestrictedClassType(base_type=str, restriction_dict={\'length\': [\'1..255\']}), is_leaf=True, yang_name="peer-cuid", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, is_keyval=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'cuid\', is_config=False)'})
+        self.__peer_cuid = t
+        if hasattr(self, '_set'):
+            self._set()
+
+    def _unset_peer_cuid(self):
+        if getattr(self, '_yc_request_dots_agent__dots_agent_call_home_call_home_client_requests_request__peer_cuid', None) is not None:
+            del self.__peer_cuid
+
+    def _get_mid(self):
+        """
+    Getter method for mid, mapped from YANG variable /dots_agent/call_home/call_home_client/requests/request/mid (mid)
+
+    YANG Description: Mitigation request identifier.
+    """
+        try:
+            return self.__mid
+        except AttributeError:
+            self.__mid = _D155(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            return self.__mid
+
+    def _set_mid(self, v, load=False):
+        """
+    Setter method for mid, mapped from YANG variable /dots_agent/call_home/call_home_client/requests/request/mid (mid)
+    If this variable is read-only (config: false) in the
+    source YANG file, then _set_mid is considered as a private
+    method. Backends looking to populate this variable should
+    do so via calling thisObj._set_mid() directly.
+
+    YANG Description: Mitigation request identifier.
+    """
+        parent = getattr(self, '_parent', None)
+        if parent is not None and load is False:
+            raise AttributeError('Cannot set keys directly when' + ' within an instantiated list')
+        if hasattr(v, '_utype'):
+            v = v._utype(v)
+        try:
+            t = _D155(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+        except (TypeError, ValueError):
+            raise ValueError({'error-string': 'mid must be of a type compatible with mid', 'defined-type': 'dots-agent:mid', 'generated-type': 'YANGDynClass(base=RestrictedClassType(base_type=long, restriction_dict={\'range\': [\'0..4294967295\']}, int_size=32), is_leaf=True, yang_name="mid", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, is_keyval=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'mid\', is_config=False)'})
+        self.__mid = t
+        if hasattr(self, '_set'):
+            self._set()
+
+    def _unset_mid(self):
+        if getattr(self, '_yc_request_dots_agent__dots_agent_call_home_call_home_client_requests_request__mid', None) is not None:
+            del self.__mid
+
+    def _get_sent(self):
+        """
+    Getter method for sent, mapped from YANG variable /dots_agent/call_home/call_home_client/requests/request/sent (yang:date-and-time)
+
+    YANG Description: When the request was (last) sent.
+    """
+        try:
+            return self.__sent
+        except AttributeError:
+            self.__sent = _D236(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            return self.__sent
+
+    def _set_sent(self, v, load=False):
+        """
+    Setter method for sent, mapped from YANG variable /dots_agent/call_home/call_home_client/requests/request/sent (yang:date-and-time)
+    If this variable is read-only (config: false) in the
+    source YANG file, then _set_sent is considered as a private
+    method. Backends looking to populate this variable should
+    do so via calling thisObj._set_sent() directly.
+
+    YANG Description: When the request was (last) sent.
+    """
+        if hasattr(v, '_utype'):
+            v = v._utype(v)
+        try:
+            t = _D236(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+        except (TypeError, ValueError):
+            raise ValueError({'error-string': 'sent must be of a type compatible with yang:date-and-time', 'defined-type': 'yang:date-and-time', 'generated-type': 'YANGDynClass(base=RestrictedClassType(base_type=str, restriction_dict={\'pattern\': \'\\d{4}-\\d{2}-\\d{2}T\\d{2}:\\d{2}:\\d{2}(\\.\\d+)?(Z|[\\+\\-]\\d{2}:\\d{2})\'}), is_leaf=True, yang_name="sent", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'yang:date-and-time\', is_config=False)'})
+        self.__sent = t
+        if hasattr(self, '_set'):
+            self._set()
+
+    def _unset_sent(self):
+        if getattr(self, '_yc_request_dots_agent__dots_agent_call_home_call_home_client_requests_request__sent', None) is not None:
+            del self.__sent
+
+    def _get_last_response_code(self):
+        """
+    Getter method for last_response_code, mapped from YANG variable /dots_agent/call_home/call_home_client/requests/request/last_response_code (response-code)
+
+    YANG Description: Last response code received for the request.
+    """
+        try:
+            return self.__last_response_code
+        except AttributeError:
+            self.__last_response_code = _D237(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            return self.__last_response_code
+
+    def _set_last_response_code(self, v, load=False):
+        """
+    Setter method for last_response_code, mapped from YANG variable /dots_agent/call_home/call_home_client/requests/request/last_response_code (response-code)
+    If this variable is read-only (config: false) in the
+    source YANG file, then _set_last_response_code is considered as a private
+    method. Backends looking to populate this variable should
+    do so via calling thisObj._set_last_response_code() directly.
+
+    YANG Description: Last response code received for the request.
+    """
+        if hasattr(v, '_utype'):
+            v = v._utype(v)
+        try:
+            t = _D237(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+        except (TypeError, ValueError):
+            raise ValueError({'error-string': 'last_response_code must be of a type compatible with response-code', 'defined-type': 'dots-agent:response-code', 'generated-type': 'YANGDynClass(base=RestrictedClassType(base_type=str, restriction_dict={\'pattern\': \'[245]\\.[0-9]{2}\'}), is_leaf=True, yang_name="last-response-code", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'response-code\', is_config=False)'})
+        self.__last_response_code = t
+        if hasattr(self, '_set'):
+            self._set()
+
+    def _unset_last_response_code(self):
+        if getattr(self, '_yc_request_dots_agent__dots_agent_call_home_call_home_client_requests_request__last_response_code', None) is not None:
+            del self.__last_response_code
+
+    def _get_last_update(self):
+        """
+    Getter method for last_update, mapped from YANG variable /dots_agent/call_home/call_home_client/requests/request/last_update (yang:date-and-time)
+
+    YANG Description: When the Call Home DOTS server last reported on the
+request.
+    """
+        try:
+            return self.__last_update
+        except AttributeError:
+            self.__last_update = _D238(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            return self.__last_update
+
+    def _set_last_update(self, v, load=False):
+        """
+    Setter method for last_update, mapped from YANG variable /dots_agent/call_home/call_home_client/requests/request/last_update (yang:date-and-time)
+    If this variable is read-only (config: false) in the
+    source YANG file, then _set_last_update is considered as a private
+    method. Backends looking to populate this variable should
+    do so via calling thisObj._set_last_update() directly.
+
+    YANG Description: When the Call Home DOTS server last reported on the
+request.
+    """
+        if hasattr(v, '_utype'):
+            v = v._utype(v)
+        try:
+            t = _D238(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+        except (TypeError, ValueError):
+            raise ValueError({'error-string': 'last_update must be of a type compatible with yang:date-and-time', 'defined-type': 'yang:date-and-time', 'generated-type': 'YANGDynClass(base=RestrictedClassType(base_type=str, restriction_dict={\'pattern\': \'\\d{4}-\\d{2}-\\d{2}T\\d{2}:\\d{2}:\\d{2}(\\.\\d+)?(Z|[\\+\\-]\\d{2}:\\d{2})\'}), is_leaf=True, yang_name="last-update", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'yang:date-and-time\', is_config=False)'})
+        self.__last_update = t
+        if hasattr(self, '_set'):
+            self._set()
+
+    def _unset_last_update(self):
+        if getattr(self, '_yc_request_dots_agent__dots_agent_call_home_call_home_client_requests_request__last_update', None) is not None:
+            del self.__last_update
+
+    def _get_scope(self):
+        """
+    Getter method for scope, mapped from YANG variable /dots_agent/call_home/call_home_client/requests/request/scope (container)
+
+    YANG Description: The scope as last reported by the Call Home DOTS
+server (as sent, until it reports).
+    """
+        try:
+            return self.__scope
+        except AttributeError:
+            self.__scope = _D239(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            return self.__scope
+
+    def _set_scope(self, v, load=False):
+        """
+    Setter method for scope, mapped from YANG variable /dots_agent/call_home/call_home_client/requests/request/scope (container)
+    If this variable is read-only (config: false) in the
+    source YANG file, then _set_scope is considered as a private
+    method. Backends looking to populate this variable should
+    do so via calling thisObj._set_scope() directly.
+
+    YANG Description: The scope as last reported by the Call Home DOTS
+server (as sent, until it reports).
+    """
+        if hasattr(v, '_utype'):
+            v = v._utype(v)
+        try:
+            t = _D239(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+        except (TypeError, ValueError):
+            raise ValueError({'error-string': 'scope must be of a type compatible with container', 'defined-type': 'container', 'generated-type': 'YANGDynClass(base=yc_scope_dots_agent__dots_agent_call_home_call_home_client_requests_request_scope, is_container=\'container\', yang_name="scope", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, extensions=None, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'container\', is_config=False)'})
+        self.__scope = t
+        if hasattr(self, '_set'):
+            self._set()
+
+    def _unset_scope(self):
+        if getattr(self, '_yc_request_dots_agent__dots_agent_call_home_call_home_client_requests_request__scope', None) is not None:
+            del self.__scope
+    peer_cuid = __builtin__.property(_get_peer_cuid)
+    mid = __builtin__.property(_get_mid)
+    sent = __builtin__.property(_get_sent)
+    last_response_code = __builtin__.property(_get_last_response_code)
+    last_update = __builtin__.property(_get_last_update)
+    scope = __builtin__.property(_get_scope)
+    _pyangbind_elements = OrderedDict([('peer_cuid', peer_cuid), ('mid', mid), ('sent', sent), ('last_response_code', last_response_code), ('last_update', last_update), ('scope', scope)])
+
+class yc_requests_dots_agent__dots_agent_call_home_call_home_client_requests(PybindBase):
+    """
+  This class was auto-generated by the PythonClass plugin for PYANG
+  from YANG module dots-agent - based on the path /dots-agent/call-home/call-home-client/requests. Each member element of
+  the container is represented as a class variable - with a specific
+  YANG type.
+
+  YANG Description: Mitigation requests sent to Call Home DOTS servers.
+  """
+    __slots__ = ('_path_helper', '_extmethods', '__request')
+    _yang_name = 'requests'
+    _yang_namespace = 'urn:dots-agent:params:xml:ns:yang:dots-agent'
+    _pybind_generated_by = 'container'
+
+    def __init__(self, *args, **kwargs):
+        self._path_helper = False
+        self._extmethods = False
+        load = kwargs.pop('load', None)
+        if args:
+            if len(args) > 1:
+                raise TypeError('cannot create a YANG container with >1 argument')
+            all_attr = True
+            for e in self._pyangbind_elements:
+                if not hasattr(args[0], e):
+                    all_attr = False
+                    break
+            if not all_attr:
+                raise ValueError('Supplied object did not have the correct attributes')
+            for e in self._pyangbind_elements:
+                nobj = getattr(args[0], e)
+                if nobj._changed() is False:
+                    continue
+                setmethod = getattr(self, '_set_%s' % e)
+                if load is None:
+                    setmethod(getattr(args[0], e))
+                else:
+                    setmethod(getattr(args[0], e), load=load)
+
+    def _path(self):
+        if hasattr(self, '_parent'):
+            return self._parent._path() + [self._yang_name]
+        else:
+            return ['dots-agent', 'call-home', 'call-home-client', 'requests']
+
+    def _get_request(self):
+        """
+    Getter method for request, mapped from YANG variable /dots_agent/call_home/call_home_client/requests/request (list)
+
+    YANG Description: A mitigation request sent to a Call Home DOTS server.
+    """
+        try:
+            return self.__request
+        except AttributeError:
+            self.__request = _D240(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            return self.__request
+
+    def _set_request(self, v, load=False):
+        """
+    Setter method for request, mapped from YANG variable /dots_agent/call_home/call_home_client/requests/request (list)
+    If this variable is read-only (config: false) in the
+    source YANG file, then _set_request is considered as a private
+    method. Backends looking to populate this variable should
+    do so via calling thisObj._set_request() directly.
+
+    YANG Description: A mitigation request sent to a Call Home DOTS server.
+    """
+        if hasattr(v, '_utype'):
+            v = v._utype(v)
+        try:
+            t = _D240(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+        except (TypeError, ValueError):
+            raise ValueError({'error-string': 'request must be of a type compatible with list', 'defined-type': 'list', 'generated-type': 'YANGDynClass(base=YANGListType("peer_cuid mid",yc_request_dots_agent__dots_agent_call_home_call_home_client_requests_request, yang_name="request", parent=self, is_container=\'list\', user_ordered=False, path_helper=self._path_helper, yang_keys=\'peer-cuid mid\', extensions=None), is_container=\'list\', yang_name="request", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, extensions=None, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'list\', is_config=False)'})
+        self.__request = t
+        if hasattr(self, '_set'):
+            self._set()
+
+    def _unset_request(self):
+        if getattr(self, '_yc_requests_dots_agent__dots_agent_call_home_call_home_client_requests__request', None) is not None:
+            del self.__request
+    request = __builtin__.property(_get_request)
+    _pyangbind_elements = OrderedDict([('request', request)])
+
 class yc_call_home_client_dots_agent__dots_agent_call_home_call_home_client(PybindBase):
     """
   This class was auto-generated by the PythonClass plugin for PYANG
@@ -17163,7 +21654,7 @@ class yc_call_home_client_dots_agent__dots_agent_call_home_call_home_client(Pybi
 (D)TLS connections from Call Home DOTS servers and sends
 them mitigation requests with attack sources.
   """
-    __slots__ = ('_path_helper', '_extmethods', '__listen', '__credential')
+    __slots__ = ('_path_helper', '_extmethods', '__listen', '__credential', '__requests')
     _yang_name = 'call-home-client'
     _yang_namespace = 'urn:dots-agent:params:xml:ns:yang:dots-agent'
     _pybind_generated_by = 'container'
@@ -17207,7 +21698,7 @@ them mitigation requests with attack sources.
         try:
             return self.__listen
         except AttributeError:
-            self.__listen = _D218(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__listen = _D241(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__listen
 
     def _set_listen(self, v, load=False):
@@ -17223,7 +21714,7 @@ them mitigation requests with attack sources.
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D218(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D241(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'listen must be of a type compatible with container', 'defined-type': 'container', 'generated-type': 'YANGDynClass(base=yc_listen_dots_agent__dots_agent_call_home_call_home_client_listen, is_container=\'container\', yang_name="listen", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, extensions=None, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'container\', is_config=True)'})
         self.__listen = t
@@ -17269,9 +21760,46 @@ them mitigation requests with attack sources.
     def _unset_credential(self):
         if getattr(self, '_yc_call_home_client_dots_agent__dots_agent_call_home_call_home_client__credential', None) is not None:
             del self.__credential
+
+    def _get_requests(self):
+        """
+    Getter method for requests, mapped from YANG variable /dots_agent/call_home/call_home_client/requests (container)
+
+    YANG Description: Mitigation requests sent to Call Home DOTS servers.
+    """
+        try:
+            return self.__requests
+        except AttributeError:
+            self.__requests = _D242(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            return self.__requests
+
+    def _set_requests(self, v, load=False):
+        """
+    Setter method for requests, mapped from YANG variable /dots_agent/call_home/call_home_client/requests (container)
+    If this variable is read-only (config: false) in the
+    source YANG file, then _set_requests is considered as a private
+    method. Backends looking to populate this variable should
+    do so via calling thisObj._set_requests() directly.
+
+    YANG Description: Mitigation requests sent to Call Home DOTS servers.
+    """
+        if hasattr(v, '_utype'):
+            v = v._utype(v)
+        try:
+            t = _D242(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+        except (TypeError, ValueError):
+            raise ValueError({'error-string': 'requests must be of a type compatible with container', 'defined-type': 'container', 'generated-type': 'YANGDynClass(base=yc_requests_dots_agent__dots_agent_call_home_call_home_client_requests, is_container=\'container\', yang_name="requests", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, extensions=None, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'container\', is_config=False)'})
+        self.__requests = t
+        if hasattr(self, '_set'):
+            self._set()
+
+    def _unset_requests(self):
+        if getattr(self, '_yc_call_home_client_dots_agent__dots_agent_call_home_call_home_client__requests', None) is not None:
+            del self.__requests
     listen = __builtin__.property(_get_listen, _set_listen)
     credential = __builtin__.property(_get_credential, _set_credential)
-    _pyangbind_elements = OrderedDict([('listen', listen), ('credential', credential)])
+    requests = __builtin__.property(_get_requests)
+    _pyangbind_elements = OrderedDict([('listen', listen), ('credential', credential), ('requests', requests)])
 
 class yc_heartbeat_interval_dots_agent__dots_agent_call_home_sessions_session_negotiated_config_mitigating_config_heartbeat_interval(PybindBase):
     """
@@ -18282,7 +22810,7 @@ open.
         try:
             return self.__heartbeat_interval
         except AttributeError:
-            self.__heartbeat_interval = _D219(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__heartbeat_interval = _D243(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__heartbeat_interval
 
     def _set_heartbeat_interval(self, v, load=False):
@@ -18301,7 +22829,7 @@ open.
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D219(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D243(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'heartbeat_interval must be of a type compatible with container', 'defined-type': 'container', 'generated-type': 'YANGDynClass(base=yc_heartbeat_interval_dots_agent__dots_agent_call_home_sessions_session_negotiated_config_mitigating_config_heartbeat_interval, is_container=\'container\', yang_name="heartbeat-interval", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, extensions=None, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'container\', is_config=False)'})
         self.__heartbeat_interval = t
@@ -18321,7 +22849,7 @@ open.
         try:
             return self.__missing_hb_allowed
         except AttributeError:
-            self.__missing_hb_allowed = _D220(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__missing_hb_allowed = _D244(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__missing_hb_allowed
 
     def _set_missing_hb_allowed(self, v, load=False):
@@ -18337,7 +22865,7 @@ open.
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D220(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D244(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'missing_hb_allowed must be of a type compatible with container', 'defined-type': 'container', 'generated-type': 'YANGDynClass(base=yc_missing_hb_allowed_dots_agent__dots_agent_call_home_sessions_session_negotiated_config_mitigating_config_missing_hb_allowed, is_container=\'container\', yang_name="missing-hb-allowed", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, extensions=None, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'container\', is_config=False)'})
         self.__missing_hb_allowed = t
@@ -18358,7 +22886,7 @@ no response.
         try:
             return self.__probing_rate
         except AttributeError:
-            self.__probing_rate = _D221(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__probing_rate = _D245(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__probing_rate
 
     def _set_probing_rate(self, v, load=False):
@@ -18375,7 +22903,7 @@ no response.
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D221(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D245(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'probing_rate must be of a type compatible with container', 'defined-type': 'container', 'generated-type': 'YANGDynClass(base=yc_probing_rate_dots_agent__dots_agent_call_home_sessions_session_negotiated_config_mitigating_config_probing_rate, is_container=\'container\', yang_name="probing-rate", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, extensions=None, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'container\', is_config=False)'})
         self.__probing_rate = t
@@ -18396,7 +22924,7 @@ message.
         try:
             return self.__max_retransmit
         except AttributeError:
-            self.__max_retransmit = _D222(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__max_retransmit = _D246(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__max_retransmit
 
     def _set_max_retransmit(self, v, load=False):
@@ -18413,7 +22941,7 @@ message.
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D222(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D246(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'max_retransmit must be of a type compatible with container', 'defined-type': 'container', 'generated-type': 'YANGDynClass(base=yc_max_retransmit_dots_agent__dots_agent_call_home_sessions_session_negotiated_config_mitigating_config_max_retransmit, is_container=\'container\', yang_name="max-retransmit", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, extensions=None, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'container\', is_config=False)'})
         self.__max_retransmit = t
@@ -18433,7 +22961,7 @@ message.
         try:
             return self.__ack_timeout
         except AttributeError:
-            self.__ack_timeout = _D223(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__ack_timeout = _D247(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__ack_timeout
 
     def _set_ack_timeout(self, v, load=False):
@@ -18449,7 +22977,7 @@ message.
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D223(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D247(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'ack_timeout must be of a type compatible with container', 'defined-type': 'container', 'generated-type': 'YANGDynClass(base=yc_ack_timeout_dots_agent__dots_agent_call_home_sessions_session_negotiated_config_mitigating_config_ack_timeout, is_container=\'container\', yang_name="ack-timeout", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, extensions=None, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'container\', is_config=False)'})
         self.__ack_timeout = t
@@ -18470,7 +22998,7 @@ retransmissions.
         try:
             return self.__ack_random_factor
         except AttributeError:
-            self.__ack_random_factor = _D224(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__ack_random_factor = _D248(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__ack_random_factor
 
     def _set_ack_random_factor(self, v, load=False):
@@ -18487,7 +23015,7 @@ retransmissions.
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D224(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D248(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'ack_random_factor must be of a type compatible with container', 'defined-type': 'container', 'generated-type': 'YANGDynClass(base=yc_ack_random_factor_dots_agent__dots_agent_call_home_sessions_session_negotiated_config_mitigating_config_ack_random_factor, is_container=\'container\', yang_name="ack-random-factor", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, extensions=None, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'container\', is_config=False)'})
         self.__ack_random_factor = t
@@ -19514,7 +24042,7 @@ open.
         try:
             return self.__heartbeat_interval
         except AttributeError:
-            self.__heartbeat_interval = _D225(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__heartbeat_interval = _D249(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__heartbeat_interval
 
     def _set_heartbeat_interval(self, v, load=False):
@@ -19533,7 +24061,7 @@ open.
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D225(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D249(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'heartbeat_interval must be of a type compatible with container', 'defined-type': 'container', 'generated-type': 'YANGDynClass(base=yc_heartbeat_interval_dots_agent__dots_agent_call_home_sessions_session_negotiated_config_idle_config_heartbeat_interval, is_container=\'container\', yang_name="heartbeat-interval", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, extensions=None, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'container\', is_config=False)'})
         self.__heartbeat_interval = t
@@ -19553,7 +24081,7 @@ open.
         try:
             return self.__missing_hb_allowed
         except AttributeError:
-            self.__missing_hb_allowed = _D226(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__missing_hb_allowed = _D250(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__missing_hb_allowed
 
     def _set_missing_hb_allowed(self, v, load=False):
@@ -19569,7 +24097,7 @@ open.
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D226(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D250(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'missing_hb_allowed must be of a type compatible with container', 'defined-type': 'container', 'generated-type': 'YANGDynClass(base=yc_missing_hb_allowed_dots_agent__dots_agent_call_home_sessions_session_negotiated_config_idle_config_missing_hb_allowed, is_container=\'container\', yang_name="missing-hb-allowed", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, extensions=None, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'container\', is_config=False)'})
         self.__missing_hb_allowed = t
@@ -19590,7 +24118,7 @@ no response.
         try:
             return self.__probing_rate
         except AttributeError:
-            self.__probing_rate = _D227(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__probing_rate = _D251(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__probing_rate
 
     def _set_probing_rate(self, v, load=False):
@@ -19607,7 +24135,7 @@ no response.
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D227(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D251(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'probing_rate must be of a type compatible with container', 'defined-type': 'container', 'generated-type': 'YANGDynClass(base=yc_probing_rate_dots_agent__dots_agent_call_home_sessions_session_negotiated_config_idle_config_probing_rate, is_container=\'container\', yang_name="probing-rate", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, extensions=None, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'container\', is_config=False)'})
         self.__probing_rate = t
@@ -19628,7 +24156,7 @@ message.
         try:
             return self.__max_retransmit
         except AttributeError:
-            self.__max_retransmit = _D228(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__max_retransmit = _D252(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__max_retransmit
 
     def _set_max_retransmit(self, v, load=False):
@@ -19645,7 +24173,7 @@ message.
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D228(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D252(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'max_retransmit must be of a type compatible with container', 'defined-type': 'container', 'generated-type': 'YANGDynClass(base=yc_max_retransmit_dots_agent__dots_agent_call_home_sessions_session_negotiated_config_idle_config_max_retransmit, is_container=\'container\', yang_name="max-retransmit", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, extensions=None, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'container\', is_config=False)'})
         self.__max_retransmit = t
@@ -19665,7 +24193,7 @@ message.
         try:
             return self.__ack_timeout
         except AttributeError:
-            self.__ack_timeout = _D229(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__ack_timeout = _D253(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__ack_timeout
 
     def _set_ack_timeout(self, v, load=False):
@@ -19681,7 +24209,7 @@ message.
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D229(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D253(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'ack_timeout must be of a type compatible with container', 'defined-type': 'container', 'generated-type': 'YANGDynClass(base=yc_ack_timeout_dots_agent__dots_agent_call_home_sessions_session_negotiated_config_idle_config_ack_timeout, is_container=\'container\', yang_name="ack-timeout", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, extensions=None, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'container\', is_config=False)'})
         self.__ack_timeout = t
@@ -19702,7 +24230,7 @@ retransmissions.
         try:
             return self.__ack_random_factor
         except AttributeError:
-            self.__ack_random_factor = _D230(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__ack_random_factor = _D254(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__ack_random_factor
 
     def _set_ack_random_factor(self, v, load=False):
@@ -19719,7 +24247,7 @@ retransmissions.
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D230(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D254(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'ack_random_factor must be of a type compatible with container', 'defined-type': 'container', 'generated-type': 'YANGDynClass(base=yc_ack_random_factor_dots_agent__dots_agent_call_home_sessions_session_negotiated_config_idle_config_ack_random_factor, is_container=\'container\', yang_name="ack-random-factor", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, extensions=None, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'container\', is_config=False)'})
         self.__ack_random_factor = t
@@ -19791,7 +24319,7 @@ is active.
         try:
             return self.__mitigating_config
         except AttributeError:
-            self.__mitigating_config = _D231(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__mitigating_config = _D255(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__mitigating_config
 
     def _set_mitigating_config(self, v, load=False):
@@ -19808,7 +24336,7 @@ is active.
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D231(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D255(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'mitigating_config must be of a type compatible with container', 'defined-type': 'container', 'generated-type': 'YANGDynClass(base=yc_mitigating_config_dots_agent__dots_agent_call_home_sessions_session_negotiated_config_mitigating_config, is_container=\'container\', yang_name="mitigating-config", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, extensions=None, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'container\', is_config=False)'})
         self.__mitigating_config = t
@@ -19829,7 +24357,7 @@ is active.
         try:
             return self.__idle_config
         except AttributeError:
-            self.__idle_config = _D232(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__idle_config = _D256(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__idle_config
 
     def _set_idle_config(self, v, load=False):
@@ -19846,7 +24374,7 @@ is active.
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D232(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D256(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'idle_config must be of a type compatible with container', 'defined-type': 'container', 'generated-type': 'YANGDynClass(base=yc_idle_config_dots_agent__dots_agent_call_home_sessions_session_negotiated_config_idle_config, is_container=\'container\', yang_name="idle-config", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, extensions=None, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'container\', is_config=False)'})
         self.__idle_config = t
@@ -20064,7 +24592,7 @@ class yc_session_dots_agent__dots_agent_call_home_sessions_session(PybindBase):
 
   YANG Description: A session.
   """
-    __slots__ = ('_path_helper', '_extmethods', '__session_id', '__role', '__peer_address', '__peer_port', '__local_address', '__local_port', '__transport', '__peer_identity', '__cuid', '__established', '__active_config', '__sid', '__negotiated_config', '__heartbeat', '__peer')
+    __slots__ = ('_path_helper', '_extmethods', '__session_id', '__role', '__peer_address', '__peer_port', '__local_address', '__local_port', '__transport', '__peer_identity', '__cuid', '__established', '__active_config', '__sid', '__negotiated_config', '__heartbeat', '__peer', '__resumed')
     _yang_name = 'session'
     _yang_namespace = 'urn:dots-agent:params:xml:ns:yang:dots-agent'
     _pybind_generated_by = 'container'
@@ -20549,7 +25077,7 @@ configuration, if any.
         try:
             return self.__negotiated_config
         except AttributeError:
-            self.__negotiated_config = _D233(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__negotiated_config = _D257(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__negotiated_config
 
     def _set_negotiated_config(self, v, load=False):
@@ -20565,7 +25093,7 @@ configuration, if any.
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D233(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D257(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'negotiated_config must be of a type compatible with container', 'defined-type': 'container', 'generated-type': 'YANGDynClass(base=yc_negotiated_config_dots_agent__dots_agent_call_home_sessions_session_negotiated_config, is_container=\'container\', yang_name="negotiated-config", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, extensions=None, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'container\', is_config=False)'})
         self.__negotiated_config = t
@@ -20585,7 +25113,7 @@ configuration, if any.
         try:
             return self.__heartbeat
         except AttributeError:
-            self.__heartbeat = _D234(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__heartbeat = _D258(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__heartbeat
 
     def _set_heartbeat(self, v, load=False):
@@ -20601,7 +25129,7 @@ configuration, if any.
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D234(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D258(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'heartbeat must be of a type compatible with container', 'defined-type': 'container', 'generated-type': 'YANGDynClass(base=yc_heartbeat_dots_agent__dots_agent_call_home_sessions_session_heartbeat, is_container=\'container\', yang_name="heartbeat", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, extensions=None, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'container\', is_config=False)'})
         self.__heartbeat = t
@@ -20647,6 +25175,44 @@ configuration, if any.
     def _unset_peer(self):
         if getattr(self, '_yc_session_dots_agent__dots_agent_call_home_sessions_session__peer', None) is not None:
             del self.__peer
+
+    def _get_resumed(self):
+        """
+    Getter method for resumed, mapped from YANG variable /dots_agent/call_home/sessions/session/resumed (boolean)
+
+    YANG Description: Whether the (D)TLS session was resumed (abbreviated
+handshake) when the association was established.
+    """
+        try:
+            return self.__resumed
+        except AttributeError:
+            self.__resumed = _D259(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            return self.__resumed
+
+    def _set_resumed(self, v, load=False):
+        """
+    Setter method for resumed, mapped from YANG variable /dots_agent/call_home/sessions/session/resumed (boolean)
+    If this variable is read-only (config: false) in the
+    source YANG file, then _set_resumed is considered as a private
+    method. Backends looking to populate this variable should
+    do so via calling thisObj._set_resumed() directly.
+
+    YANG Description: Whether the (D)TLS session was resumed (abbreviated
+handshake) when the association was established.
+    """
+        if hasattr(v, '_utype'):
+            v = v._utype(v)
+        try:
+            t = _D259(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+        except (TypeError, ValueError):
+            raise ValueError({'error-string': 'resumed must be of a type compatible with boolean', 'defined-type': 'boolean', 'generated-type': 'YANGDynClass(base=YANGBool, is_leaf=True, yang_name="resumed", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'boolean\', is_config=False)'})
+        self.__resumed = t
+        if hasattr(self, '_set'):
+            self._set()
+
+    def _unset_resumed(self):
+        if getattr(self, '_yc_session_dots_agent__dots_agent_call_home_sessions_session__resumed', None) is not None:
+            del self.__resumed
     session_id = __builtin__.property(_get_session_id)
     role = __builtin__.property(_get_role)
     peer_address = __builtin__.property(_get_peer_address)
@@ -20662,7 +25228,8 @@ configuration, if any.
     negotiated_config = __builtin__.property(_get_negotiated_config)
     heartbeat = __builtin__.property(_get_heartbeat)
     peer = __builtin__.property(_get_peer)
-    _pyangbind_elements = OrderedDict([('session_id', session_id), ('role', role), ('peer_address', peer_address), ('peer_port', peer_port), ('local_address', local_address), ('local_port', local_port), ('transport', transport), ('peer_identity', peer_identity), ('cuid', cuid), ('established', established), ('active_config', active_config), ('sid', sid), ('negotiated_config', negotiated_config), ('heartbeat', heartbeat), ('peer', peer)])
+    resumed = __builtin__.property(_get_resumed)
+    _pyangbind_elements = OrderedDict([('session_id', session_id), ('role', role), ('peer_address', peer_address), ('peer_port', peer_port), ('local_address', local_address), ('local_port', local_port), ('transport', transport), ('peer_identity', peer_identity), ('cuid', cuid), ('established', established), ('active_config', active_config), ('sid', sid), ('negotiated_config', negotiated_config), ('heartbeat', heartbeat), ('peer', peer), ('resumed', resumed)])
 
 class yc_sessions_dots_agent__dots_agent_call_home_sessions(PybindBase):
     """
@@ -20717,7 +25284,7 @@ class yc_sessions_dots_agent__dots_agent_call_home_sessions(PybindBase):
         try:
             return self.__session
         except AttributeError:
-            self.__session = _D235(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__session = _D260(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__session
 
     def _set_session(self, v, load=False):
@@ -20733,7 +25300,7 @@ class yc_sessions_dots_agent__dots_agent_call_home_sessions(PybindBase):
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D235(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D260(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'session must be of a type compatible with list', 'defined-type': 'list', 'generated-type': 'YANGDynClass(base=YANGListType("session_id",yc_session_dots_agent__dots_agent_call_home_sessions_session, yang_name="session", parent=self, is_container=\'list\', user_ordered=False, path_helper=self._path_helper, yang_keys=\'session-id\', extensions=None), is_container=\'list\', yang_name="session", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, extensions=None, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'list\', is_config=False)'})
         self.__session = t
@@ -20801,7 +25368,7 @@ to the Call Home DOTS client.
         try:
             return self.__call_home_server
         except AttributeError:
-            self.__call_home_server = _D236(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__call_home_server = _D261(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__call_home_server
 
     def _set_call_home_server(self, v, load=False):
@@ -20817,7 +25384,7 @@ to the Call Home DOTS client.
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D236(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D261(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'call_home_server must be of a type compatible with container', 'defined-type': 'container', 'generated-type': 'YANGDynClass(base=yc_call_home_server_dots_agent__dots_agent_call_home_call_home_server, is_container=\'container\', yang_name="call-home-server", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, extensions=None, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'container\', is_config=True)'})
         self.__call_home_server = t
@@ -20839,7 +25406,7 @@ them mitigation requests with attack sources.
         try:
             return self.__call_home_client
         except AttributeError:
-            self.__call_home_client = _D237(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__call_home_client = _D262(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__call_home_client
 
     def _set_call_home_client(self, v, load=False):
@@ -20857,7 +25424,7 @@ them mitigation requests with attack sources.
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D237(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D262(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'call_home_client must be of a type compatible with container', 'defined-type': 'container', 'generated-type': 'YANGDynClass(base=yc_call_home_client_dots_agent__dots_agent_call_home_call_home_client, is_container=\'container\', yang_name="call-home-client", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, extensions=None, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'container\', is_config=True)'})
         self.__call_home_client = t
@@ -20877,7 +25444,7 @@ them mitigation requests with attack sources.
         try:
             return self.__sessions
         except AttributeError:
-            self.__sessions = _D238(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__sessions = _D263(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__sessions
 
     def _set_sessions(self, v, load=False):
@@ -20893,7 +25460,7 @@ them mitigation requests with attack sources.
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D238(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D263(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'sessions must be of a type compatible with container', 'defined-type': 'container', 'generated-type': 'YANGDynClass(base=yc_sessions_dots_agent__dots_agent_call_home_sessions, is_container=\'container\', yang_name="sessions", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, extensions=None, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'container\', is_config=False)'})
         self.__sessions = t
@@ -21001,7 +25568,7 @@ preference.
         try:
             return self.__address
         except AttributeError:
-            self.__address = _D239(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__address = _D264(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__address
 
     def _set_address(self, v, load=False):
@@ -21018,7 +25585,7 @@ preference.
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D239(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D264(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'address must be of a type compatible with inet:host', 'defined-type': 'inet:host', 'generated-type': 'YANGDynClass(unique=True, base=TypedListType(allowed_type=[RestrictedClassType(base_type=str, restriction_dict={\'pattern\': \'(([0-9]|[1-9][0-9]|1[0-9][0-9]|2[0-4][0-9]|25[0-5])\\.){3}([0-9]|[1-9][0-9]|1[0-9][0-9]|2[0-4][0-9]|25[0-5])(%[\\p{N}\\p{L}]+)?\'}),RestrictedClassType(base_type=str, restriction_dict={\'pattern\': \'((:|[0-9a-fA-F]{0,4}):)([0-9a-fA-F]{0,4}:){0,5}((([0-9a-fA-F]{0,4}:)?(:|[0-9a-fA-F]{0,4}))|(((25[0-5]|2[0-4][0-9]|[01]?[0-9]?[0-9])\\.){3}(25[0-5]|2[0-4][0-9]|[01]?[0-9]?[0-9])))(%[\\p{N}\\p{L}]+)?\'}),RestrictedClassType(base_type=str, restriction_dict={\'pattern\': \'((([a-zA-Z0-9_]([a-zA-Z0-9\\-_]){0,61})?[a-zA-Z0-9]\\.)*([a-zA-Z0-9_]([a-zA-Z0-9\\-_]){0,61})?[a-zA-Z0-9]\\.?)|\\.\', \'length\': [\'1..253\']}),]), is_leaf=False, yang_name="address", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'inet:host\', is_config=True)'})
         self.__address = t
@@ -21075,7 +25642,7 @@ DTLS then TLS.
         try:
             return self.__transport
         except AttributeError:
-            self.__transport = _D240(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__transport = _D265(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__transport
 
     def _set_transport(self, v, load=False):
@@ -21092,7 +25659,7 @@ DTLS then TLS.
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D240(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D265(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'transport must be of a type compatible with signal-transport', 'defined-type': 'dots-agent:signal-transport', 'generated-type': 'YANGDynClass(unique=True, base=TypedListType(allowed_type=RestrictedClassType(base_type=str,                                     restriction_type="dict_key",                                     restriction_arg={\'dtls\': {}, \'tls\': {}},)), is_leaf=False, yang_name="transport", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'signal-transport\', is_config=True)'})
         self.__transport = t
@@ -21114,7 +25681,7 @@ certificate (RFC 6125); absent means the FQDN in
         try:
             return self.__server_name
         except AttributeError:
-            self.__server_name = _D241(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__server_name = _D266(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__server_name
 
     def _set_server_name(self, v, load=False):
@@ -21132,7 +25699,7 @@ certificate (RFC 6125); absent means the FQDN in
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D241(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D266(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'server_name must be of a type compatible with inet:domain-name', 'defined-type': 'inet:domain-name', 'generated-type': 'YANGDynClass(base=RestrictedClassType(base_type=str, restriction_dict={\'pattern\': \'((([a-zA-Z0-9_]([a-zA-Z0-9\\-_]){0,61})?[a-zA-Z0-9]\\.)*([a-zA-Z0-9_]([a-zA-Z0-9\\-_]){0,61})?[a-zA-Z0-9]\\.?)|\\.\', \'length\': [\'1..253\']}), is_leaf=True, yang_name="server-name", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'inet:domain-name\', is_config=True)'})
         self.__server_name = t
@@ -21277,7 +25844,7 @@ attack; RFC 9132, Section 4.3).
         try:
             return self.__connection_attempt_delay
         except AttributeError:
-            self.__connection_attempt_delay = _D242(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__connection_attempt_delay = _D267(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__connection_attempt_delay
 
     def _set_connection_attempt_delay(self, v, load=False):
@@ -21294,7 +25861,7 @@ attack; RFC 9132, Section 4.3).
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D242(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D267(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'connection_attempt_delay must be of a type compatible with uint16', 'defined-type': 'uint16', 'generated-type': 'YANGDynClass(base=RestrictedClassType(base_type=RestrictedClassType(base_type=int, restriction_dict={\'range\': [\'0..65535\']},int_size=16), restriction_dict={\'range\': [\'10..2000\']}), default=RestrictedClassType(base_type=int, restriction_dict={\'range\': [\'0..65535\']},int_size=16)(100), is_leaf=True, yang_name="connection-attempt-delay", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'uint16\', is_config=True)'})
         self.__connection_attempt_delay = t
@@ -21314,7 +25881,7 @@ attack; RFC 9132, Section 4.3).
         try:
             return self.__preferred_family
         except AttributeError:
-            self.__preferred_family = YANGDynClass(base=_T95, default=str('ipv6'), is_leaf=True, yang_name='preferred-family', register_paths=True, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='enumeration', is_config=True, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__preferred_family = YANGDynClass(base=_T105, default=str('ipv6'), is_leaf=True, yang_name='preferred-family', register_paths=True, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='enumeration', is_config=True, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__preferred_family
 
     def _set_preferred_family(self, v, load=False):
@@ -21330,7 +25897,7 @@ attack; RFC 9132, Section 4.3).
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = YANGDynClass(v, base=_T95, default=str('ipv6'), is_leaf=True, yang_name='preferred-family', register_paths=True, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='enumeration', is_config=True, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = YANGDynClass(v, base=_T105, default=str('ipv6'), is_leaf=True, yang_name='preferred-family', register_paths=True, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='enumeration', is_config=True, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'preferred_family must be of a type compatible with enumeration', 'defined-type': 'dots-agent:enumeration', 'generated-type': 'YANGDynClass(base=RestrictedClassType(base_type=str,                                     restriction_type="dict_key",                                     restriction_arg={\'ipv6\': {}, \'ipv4\': {}},), default=str("ipv6"), is_leaf=True, yang_name="preferred-family", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'enumeration\', is_config=True)'})
         self.__preferred_family = t
@@ -21351,7 +25918,7 @@ probing is never more frequent than every 5 minutes.
         try:
             return self.__cache_lifetime
         except AttributeError:
-            self.__cache_lifetime = _D243(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__cache_lifetime = _D268(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__cache_lifetime
 
     def _set_cache_lifetime(self, v, load=False):
@@ -21368,7 +25935,7 @@ probing is never more frequent than every 5 minutes.
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D243(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D268(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'cache_lifetime must be of a type compatible with uint32', 'defined-type': 'uint32', 'generated-type': 'YANGDynClass(base=RestrictedClassType(base_type=RestrictedClassType(base_type=long, restriction_dict={\'range\': [\'0..4294967295\']}, int_size=32), restriction_dict={\'range\': [\'300..max\']}), default=RestrictedClassType(base_type=long, restriction_dict={\'range\': [\'0..4294967295\']}, int_size=32)(86400), is_leaf=True, yang_name="cache-lifetime", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'uint32\', is_config=True)'})
         self.__cache_lifetime = t
@@ -21440,7 +26007,7 @@ open.
         try:
             return self.__max_value
         except AttributeError:
-            self.__max_value = _D244(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__max_value = _D269(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__max_value
 
     def _set_max_value(self, v, load=False):
@@ -21456,7 +26023,7 @@ open.
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D244(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D269(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'max_value must be of a type compatible with uint16', 'defined-type': 'uint16', 'generated-type': 'YANGDynClass(base=RestrictedClassType(base_type=int, restriction_dict={\'range\': [\'0..65535\']},int_size=16), is_leaf=True, yang_name="max-value", parent=self, choice=(\'direction\', \'server-to-client-only\'), path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'uint16\', is_config=True)'})
         self.__max_value = t
@@ -21476,7 +26043,7 @@ open.
         try:
             return self.__min_value
         except AttributeError:
-            self.__min_value = _D245(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__min_value = _D270(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__min_value
 
     def _set_min_value(self, v, load=False):
@@ -21492,7 +26059,7 @@ open.
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D245(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D270(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'min_value must be of a type compatible with uint16', 'defined-type': 'uint16', 'generated-type': 'YANGDynClass(base=RestrictedClassType(base_type=int, restriction_dict={\'range\': [\'0..65535\']},int_size=16), is_leaf=True, yang_name="min-value", parent=self, choice=(\'direction\', \'server-to-client-only\'), path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'uint16\', is_config=True)'})
         self.__min_value = t
@@ -21601,7 +26168,7 @@ class yc_missing_hb_allowed_dots_agent__dots_agent_client_session_config_mitigat
         try:
             return self.__max_value
         except AttributeError:
-            self.__max_value = _D244(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__max_value = _D269(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__max_value
 
     def _set_max_value(self, v, load=False):
@@ -21617,7 +26184,7 @@ class yc_missing_hb_allowed_dots_agent__dots_agent_client_session_config_mitigat
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D244(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D269(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'max_value must be of a type compatible with uint16', 'defined-type': 'uint16', 'generated-type': 'YANGDynClass(base=RestrictedClassType(base_type=int, restriction_dict={\'range\': [\'0..65535\']},int_size=16), is_leaf=True, yang_name="max-value", parent=self, choice=(\'direction\', \'server-to-client-only\'), path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'uint16\', is_config=True)'})
         self.__max_value = t
@@ -21637,7 +26204,7 @@ class yc_missing_hb_allowed_dots_agent__dots_agent_client_session_config_mitigat
         try:
             return self.__min_value
         except AttributeError:
-            self.__min_value = _D245(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__min_value = _D270(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__min_value
 
     def _set_min_value(self, v, load=False):
@@ -21653,7 +26220,7 @@ class yc_missing_hb_allowed_dots_agent__dots_agent_client_session_config_mitigat
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D245(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D270(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'min_value must be of a type compatible with uint16', 'defined-type': 'uint16', 'generated-type': 'YANGDynClass(base=RestrictedClassType(base_type=int, restriction_dict={\'range\': [\'0..65535\']},int_size=16), is_leaf=True, yang_name="min-value", parent=self, choice=(\'direction\', \'server-to-client-only\'), path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'uint16\', is_config=True)'})
         self.__min_value = t
@@ -21759,7 +26326,7 @@ no response.
         try:
             return self.__max_value
         except AttributeError:
-            self.__max_value = _D244(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__max_value = _D269(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__max_value
 
     def _set_max_value(self, v, load=False):
@@ -21775,7 +26342,7 @@ no response.
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D244(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D269(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'max_value must be of a type compatible with uint16', 'defined-type': 'uint16', 'generated-type': 'YANGDynClass(base=RestrictedClassType(base_type=int, restriction_dict={\'range\': [\'0..65535\']},int_size=16), is_leaf=True, yang_name="max-value", parent=self, choice=(\'direction\', \'server-to-client-only\'), path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'uint16\', is_config=True)'})
         self.__max_value = t
@@ -21795,7 +26362,7 @@ no response.
         try:
             return self.__min_value
         except AttributeError:
-            self.__min_value = _D245(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__min_value = _D270(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__min_value
 
     def _set_min_value(self, v, load=False):
@@ -21811,7 +26378,7 @@ no response.
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D245(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D270(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'min_value must be of a type compatible with uint16', 'defined-type': 'uint16', 'generated-type': 'YANGDynClass(base=RestrictedClassType(base_type=int, restriction_dict={\'range\': [\'0..65535\']},int_size=16), is_leaf=True, yang_name="min-value", parent=self, choice=(\'direction\', \'server-to-client-only\'), path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'uint16\', is_config=True)'})
         self.__min_value = t
@@ -21917,7 +26484,7 @@ message.
         try:
             return self.__max_value
         except AttributeError:
-            self.__max_value = _D244(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__max_value = _D269(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__max_value
 
     def _set_max_value(self, v, load=False):
@@ -21933,7 +26500,7 @@ message.
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D244(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D269(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'max_value must be of a type compatible with uint16', 'defined-type': 'uint16', 'generated-type': 'YANGDynClass(base=RestrictedClassType(base_type=int, restriction_dict={\'range\': [\'0..65535\']},int_size=16), is_leaf=True, yang_name="max-value", parent=self, choice=(\'direction\', \'server-to-client-only\'), path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'uint16\', is_config=True)'})
         self.__max_value = t
@@ -21953,7 +26520,7 @@ message.
         try:
             return self.__min_value
         except AttributeError:
-            self.__min_value = _D245(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__min_value = _D270(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__min_value
 
     def _set_min_value(self, v, load=False):
@@ -21969,7 +26536,7 @@ message.
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D245(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D270(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'min_value must be of a type compatible with uint16', 'defined-type': 'uint16', 'generated-type': 'YANGDynClass(base=RestrictedClassType(base_type=int, restriction_dict={\'range\': [\'0..65535\']},int_size=16), is_leaf=True, yang_name="min-value", parent=self, choice=(\'direction\', \'server-to-client-only\'), path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'uint16\', is_config=True)'})
         self.__min_value = t
@@ -22074,7 +26641,7 @@ class yc_ack_timeout_dots_agent__dots_agent_client_session_config_mitigating_con
         try:
             return self.__max_value_decimal
         except AttributeError:
-            self.__max_value_decimal = _D246(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__max_value_decimal = _D271(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__max_value_decimal
 
     def _set_max_value_decimal(self, v, load=False):
@@ -22090,7 +26657,7 @@ class yc_ack_timeout_dots_agent__dots_agent_client_session_config_mitigating_con
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D246(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D271(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'max_value_decimal must be of a type compatible with decimal64', 'defined-type': 'decimal64', 'generated-type': 'YANGDynClass(base=RestrictedPrecisionDecimalType(precision=2), is_leaf=True, yang_name="max-value-decimal", parent=self, choice=(\'direction\', \'server-to-client-only\'), path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'decimal64\', is_config=True)'})
         self.__max_value_decimal = t
@@ -22110,7 +26677,7 @@ class yc_ack_timeout_dots_agent__dots_agent_client_session_config_mitigating_con
         try:
             return self.__min_value_decimal
         except AttributeError:
-            self.__min_value_decimal = _D247(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__min_value_decimal = _D272(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__min_value_decimal
 
     def _set_min_value_decimal(self, v, load=False):
@@ -22126,7 +26693,7 @@ class yc_ack_timeout_dots_agent__dots_agent_client_session_config_mitigating_con
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D247(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D272(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'min_value_decimal must be of a type compatible with decimal64', 'defined-type': 'decimal64', 'generated-type': 'YANGDynClass(base=RestrictedPrecisionDecimalType(precision=2), is_leaf=True, yang_name="min-value-decimal", parent=self, choice=(\'direction\', \'server-to-client-only\'), path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'decimal64\', is_config=True)'})
         self.__min_value_decimal = t
@@ -22232,7 +26799,7 @@ retransmissions.
         try:
             return self.__max_value_decimal
         except AttributeError:
-            self.__max_value_decimal = _D246(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__max_value_decimal = _D271(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__max_value_decimal
 
     def _set_max_value_decimal(self, v, load=False):
@@ -22248,7 +26815,7 @@ retransmissions.
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D246(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D271(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'max_value_decimal must be of a type compatible with decimal64', 'defined-type': 'decimal64', 'generated-type': 'YANGDynClass(base=RestrictedPrecisionDecimalType(precision=2), is_leaf=True, yang_name="max-value-decimal", parent=self, choice=(\'direction\', \'server-to-client-only\'), path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'decimal64\', is_config=True)'})
         self.__max_value_decimal = t
@@ -22268,7 +26835,7 @@ retransmissions.
         try:
             return self.__min_value_decimal
         except AttributeError:
-            self.__min_value_decimal = _D247(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__min_value_decimal = _D272(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__min_value_decimal
 
     def _set_min_value_decimal(self, v, load=False):
@@ -22284,7 +26851,7 @@ retransmissions.
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D247(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D272(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'min_value_decimal must be of a type compatible with decimal64', 'defined-type': 'decimal64', 'generated-type': 'YANGDynClass(base=RestrictedPrecisionDecimalType(precision=2), is_leaf=True, yang_name="min-value-decimal", parent=self, choice=(\'direction\', \'server-to-client-only\'), path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'decimal64\', is_config=True)'})
         self.__min_value_decimal = t
@@ -22393,7 +26960,7 @@ open.
         try:
             return self.__heartbeat_interval
         except AttributeError:
-            self.__heartbeat_interval = _D248(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__heartbeat_interval = _D273(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__heartbeat_interval
 
     def _set_heartbeat_interval(self, v, load=False):
@@ -22412,7 +26979,7 @@ open.
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D248(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D273(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'heartbeat_interval must be of a type compatible with container', 'defined-type': 'container', 'generated-type': 'YANGDynClass(base=yc_heartbeat_interval_dots_agent__dots_agent_client_session_config_mitigating_config_heartbeat_interval, is_container=\'container\', yang_name="heartbeat-interval", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, extensions=None, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'container\', is_config=True)'})
         self.__heartbeat_interval = t
@@ -22432,7 +26999,7 @@ open.
         try:
             return self.__missing_hb_allowed
         except AttributeError:
-            self.__missing_hb_allowed = _D249(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__missing_hb_allowed = _D274(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__missing_hb_allowed
 
     def _set_missing_hb_allowed(self, v, load=False):
@@ -22448,7 +27015,7 @@ open.
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D249(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D274(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'missing_hb_allowed must be of a type compatible with container', 'defined-type': 'container', 'generated-type': 'YANGDynClass(base=yc_missing_hb_allowed_dots_agent__dots_agent_client_session_config_mitigating_config_missing_hb_allowed, is_container=\'container\', yang_name="missing-hb-allowed", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, extensions=None, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'container\', is_config=True)'})
         self.__missing_hb_allowed = t
@@ -22469,7 +27036,7 @@ no response.
         try:
             return self.__probing_rate
         except AttributeError:
-            self.__probing_rate = _D250(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__probing_rate = _D275(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__probing_rate
 
     def _set_probing_rate(self, v, load=False):
@@ -22486,7 +27053,7 @@ no response.
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D250(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D275(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'probing_rate must be of a type compatible with container', 'defined-type': 'container', 'generated-type': 'YANGDynClass(base=yc_probing_rate_dots_agent__dots_agent_client_session_config_mitigating_config_probing_rate, is_container=\'container\', yang_name="probing-rate", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, extensions=None, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'container\', is_config=True)'})
         self.__probing_rate = t
@@ -22507,7 +27074,7 @@ message.
         try:
             return self.__max_retransmit
         except AttributeError:
-            self.__max_retransmit = _D251(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__max_retransmit = _D276(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__max_retransmit
 
     def _set_max_retransmit(self, v, load=False):
@@ -22524,7 +27091,7 @@ message.
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D251(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D276(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'max_retransmit must be of a type compatible with container', 'defined-type': 'container', 'generated-type': 'YANGDynClass(base=yc_max_retransmit_dots_agent__dots_agent_client_session_config_mitigating_config_max_retransmit, is_container=\'container\', yang_name="max-retransmit", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, extensions=None, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'container\', is_config=True)'})
         self.__max_retransmit = t
@@ -22544,7 +27111,7 @@ message.
         try:
             return self.__ack_timeout
         except AttributeError:
-            self.__ack_timeout = _D252(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__ack_timeout = _D277(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__ack_timeout
 
     def _set_ack_timeout(self, v, load=False):
@@ -22560,7 +27127,7 @@ message.
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D252(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D277(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'ack_timeout must be of a type compatible with container', 'defined-type': 'container', 'generated-type': 'YANGDynClass(base=yc_ack_timeout_dots_agent__dots_agent_client_session_config_mitigating_config_ack_timeout, is_container=\'container\', yang_name="ack-timeout", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, extensions=None, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'container\', is_config=True)'})
         self.__ack_timeout = t
@@ -22581,7 +27148,7 @@ retransmissions.
         try:
             return self.__ack_random_factor
         except AttributeError:
-            self.__ack_random_factor = _D253(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__ack_random_factor = _D278(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__ack_random_factor
 
     def _set_ack_random_factor(self, v, load=False):
@@ -22598,7 +27165,7 @@ retransmissions.
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D253(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D278(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'ack_random_factor must be of a type compatible with container', 'defined-type': 'container', 'generated-type': 'YANGDynClass(base=yc_ack_random_factor_dots_agent__dots_agent_client_session_config_mitigating_config_ack_random_factor, is_container=\'container\', yang_name="ack-random-factor", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, extensions=None, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'container\', is_config=True)'})
         self.__ack_random_factor = t
@@ -22672,7 +27239,7 @@ open.
         try:
             return self.__max_value
         except AttributeError:
-            self.__max_value = _D244(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__max_value = _D269(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__max_value
 
     def _set_max_value(self, v, load=False):
@@ -22688,7 +27255,7 @@ open.
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D244(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D269(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'max_value must be of a type compatible with uint16', 'defined-type': 'uint16', 'generated-type': 'YANGDynClass(base=RestrictedClassType(base_type=int, restriction_dict={\'range\': [\'0..65535\']},int_size=16), is_leaf=True, yang_name="max-value", parent=self, choice=(\'direction\', \'server-to-client-only\'), path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'uint16\', is_config=True)'})
         self.__max_value = t
@@ -22708,7 +27275,7 @@ open.
         try:
             return self.__min_value
         except AttributeError:
-            self.__min_value = _D245(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__min_value = _D270(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__min_value
 
     def _set_min_value(self, v, load=False):
@@ -22724,7 +27291,7 @@ open.
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D245(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D270(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'min_value must be of a type compatible with uint16', 'defined-type': 'uint16', 'generated-type': 'YANGDynClass(base=RestrictedClassType(base_type=int, restriction_dict={\'range\': [\'0..65535\']},int_size=16), is_leaf=True, yang_name="min-value", parent=self, choice=(\'direction\', \'server-to-client-only\'), path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'uint16\', is_config=True)'})
         self.__min_value = t
@@ -22833,7 +27400,7 @@ class yc_missing_hb_allowed_dots_agent__dots_agent_client_session_config_idle_co
         try:
             return self.__max_value
         except AttributeError:
-            self.__max_value = _D244(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__max_value = _D269(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__max_value
 
     def _set_max_value(self, v, load=False):
@@ -22849,7 +27416,7 @@ class yc_missing_hb_allowed_dots_agent__dots_agent_client_session_config_idle_co
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D244(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D269(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'max_value must be of a type compatible with uint16', 'defined-type': 'uint16', 'generated-type': 'YANGDynClass(base=RestrictedClassType(base_type=int, restriction_dict={\'range\': [\'0..65535\']},int_size=16), is_leaf=True, yang_name="max-value", parent=self, choice=(\'direction\', \'server-to-client-only\'), path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'uint16\', is_config=True)'})
         self.__max_value = t
@@ -22869,7 +27436,7 @@ class yc_missing_hb_allowed_dots_agent__dots_agent_client_session_config_idle_co
         try:
             return self.__min_value
         except AttributeError:
-            self.__min_value = _D245(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__min_value = _D270(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__min_value
 
     def _set_min_value(self, v, load=False):
@@ -22885,7 +27452,7 @@ class yc_missing_hb_allowed_dots_agent__dots_agent_client_session_config_idle_co
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D245(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D270(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'min_value must be of a type compatible with uint16', 'defined-type': 'uint16', 'generated-type': 'YANGDynClass(base=RestrictedClassType(base_type=int, restriction_dict={\'range\': [\'0..65535\']},int_size=16), is_leaf=True, yang_name="min-value", parent=self, choice=(\'direction\', \'server-to-client-only\'), path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'uint16\', is_config=True)'})
         self.__min_value = t
@@ -22991,7 +27558,7 @@ no response.
         try:
             return self.__max_value
         except AttributeError:
-            self.__max_value = _D244(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__max_value = _D269(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__max_value
 
     def _set_max_value(self, v, load=False):
@@ -23007,7 +27574,7 @@ no response.
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D244(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D269(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'max_value must be of a type compatible with uint16', 'defined-type': 'uint16', 'generated-type': 'YANGDynClass(base=RestrictedClassType(base_type=int, restriction_dict={\'range\': [\'0..65535\']},int_size=16), is_leaf=True, yang_name="max-value", parent=self, choice=(\'direction\', \'server-to-client-only\'), path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'uint16\', is_config=True)'})
         self.__max_value = t
@@ -23027,7 +27594,7 @@ no response.
         try:
             return self.__min_value
         except AttributeError:
-            self.__min_value = _D245(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__min_value = _D270(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__min_value
 
     def _set_min_value(self, v, load=False):
@@ -23043,7 +27610,7 @@ no response.
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D245(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D270(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'min_value must be of a type compatible with uint16', 'defined-type': 'uint16', 'generated-type': 'YANGDynClass(base=RestrictedClassType(base_type=int, restriction_dict={\'range\': [\'0..65535\']},int_size=16), is_leaf=True, yang_name="min-value", parent=self, choice=(\'direction\', \'server-to-client-only\'), path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'uint16\', is_config=True)'})
         self.__min_value = t
@@ -23149,7 +27716,7 @@ message.
         try:
             return self.__max_value
         except AttributeError:
-            self.__max_value = _D244(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__max_value = _D269(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__max_value
 
     def _set_max_value(self, v, load=False):
@@ -23165,7 +27732,7 @@ message.
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D244(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D269(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'max_value must be of a type compatible with uint16', 'defined-type': 'uint16', 'generated-type': 'YANGDynClass(base=RestrictedClassType(base_type=int, restriction_dict={\'range\': [\'0..65535\']},int_size=16), is_leaf=True, yang_name="max-value", parent=self, choice=(\'direction\', \'server-to-client-only\'), path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'uint16\', is_config=True)'})
         self.__max_value = t
@@ -23185,7 +27752,7 @@ message.
         try:
             return self.__min_value
         except AttributeError:
-            self.__min_value = _D245(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__min_value = _D270(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__min_value
 
     def _set_min_value(self, v, load=False):
@@ -23201,7 +27768,7 @@ message.
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D245(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D270(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'min_value must be of a type compatible with uint16', 'defined-type': 'uint16', 'generated-type': 'YANGDynClass(base=RestrictedClassType(base_type=int, restriction_dict={\'range\': [\'0..65535\']},int_size=16), is_leaf=True, yang_name="min-value", parent=self, choice=(\'direction\', \'server-to-client-only\'), path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'uint16\', is_config=True)'})
         self.__min_value = t
@@ -23306,7 +27873,7 @@ class yc_ack_timeout_dots_agent__dots_agent_client_session_config_idle_config_ac
         try:
             return self.__max_value_decimal
         except AttributeError:
-            self.__max_value_decimal = _D246(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__max_value_decimal = _D271(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__max_value_decimal
 
     def _set_max_value_decimal(self, v, load=False):
@@ -23322,7 +27889,7 @@ class yc_ack_timeout_dots_agent__dots_agent_client_session_config_idle_config_ac
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D246(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D271(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'max_value_decimal must be of a type compatible with decimal64', 'defined-type': 'decimal64', 'generated-type': 'YANGDynClass(base=RestrictedPrecisionDecimalType(precision=2), is_leaf=True, yang_name="max-value-decimal", parent=self, choice=(\'direction\', \'server-to-client-only\'), path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'decimal64\', is_config=True)'})
         self.__max_value_decimal = t
@@ -23342,7 +27909,7 @@ class yc_ack_timeout_dots_agent__dots_agent_client_session_config_idle_config_ac
         try:
             return self.__min_value_decimal
         except AttributeError:
-            self.__min_value_decimal = _D247(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__min_value_decimal = _D272(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__min_value_decimal
 
     def _set_min_value_decimal(self, v, load=False):
@@ -23358,7 +27925,7 @@ class yc_ack_timeout_dots_agent__dots_agent_client_session_config_idle_config_ac
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D247(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D272(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'min_value_decimal must be of a type compatible with decimal64', 'defined-type': 'decimal64', 'generated-type': 'YANGDynClass(base=RestrictedPrecisionDecimalType(precision=2), is_leaf=True, yang_name="min-value-decimal", parent=self, choice=(\'direction\', \'server-to-client-only\'), path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'decimal64\', is_config=True)'})
         self.__min_value_decimal = t
@@ -23464,7 +28031,7 @@ retransmissions.
         try:
             return self.__max_value_decimal
         except AttributeError:
-            self.__max_value_decimal = _D246(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__max_value_decimal = _D271(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__max_value_decimal
 
     def _set_max_value_decimal(self, v, load=False):
@@ -23480,7 +28047,7 @@ retransmissions.
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D246(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D271(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'max_value_decimal must be of a type compatible with decimal64', 'defined-type': 'decimal64', 'generated-type': 'YANGDynClass(base=RestrictedPrecisionDecimalType(precision=2), is_leaf=True, yang_name="max-value-decimal", parent=self, choice=(\'direction\', \'server-to-client-only\'), path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'decimal64\', is_config=True)'})
         self.__max_value_decimal = t
@@ -23500,7 +28067,7 @@ retransmissions.
         try:
             return self.__min_value_decimal
         except AttributeError:
-            self.__min_value_decimal = _D247(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__min_value_decimal = _D272(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__min_value_decimal
 
     def _set_min_value_decimal(self, v, load=False):
@@ -23516,7 +28083,7 @@ retransmissions.
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D247(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D272(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'min_value_decimal must be of a type compatible with decimal64', 'defined-type': 'decimal64', 'generated-type': 'YANGDynClass(base=RestrictedPrecisionDecimalType(precision=2), is_leaf=True, yang_name="min-value-decimal", parent=self, choice=(\'direction\', \'server-to-client-only\'), path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'decimal64\', is_config=True)'})
         self.__min_value_decimal = t
@@ -23625,7 +28192,7 @@ open.
         try:
             return self.__heartbeat_interval
         except AttributeError:
-            self.__heartbeat_interval = _D254(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__heartbeat_interval = _D279(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__heartbeat_interval
 
     def _set_heartbeat_interval(self, v, load=False):
@@ -23644,7 +28211,7 @@ open.
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D254(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D279(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'heartbeat_interval must be of a type compatible with container', 'defined-type': 'container', 'generated-type': 'YANGDynClass(base=yc_heartbeat_interval_dots_agent__dots_agent_client_session_config_idle_config_heartbeat_interval, is_container=\'container\', yang_name="heartbeat-interval", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, extensions=None, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'container\', is_config=True)'})
         self.__heartbeat_interval = t
@@ -23664,7 +28231,7 @@ open.
         try:
             return self.__missing_hb_allowed
         except AttributeError:
-            self.__missing_hb_allowed = _D255(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__missing_hb_allowed = _D280(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__missing_hb_allowed
 
     def _set_missing_hb_allowed(self, v, load=False):
@@ -23680,7 +28247,7 @@ open.
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D255(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D280(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'missing_hb_allowed must be of a type compatible with container', 'defined-type': 'container', 'generated-type': 'YANGDynClass(base=yc_missing_hb_allowed_dots_agent__dots_agent_client_session_config_idle_config_missing_hb_allowed, is_container=\'container\', yang_name="missing-hb-allowed", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, extensions=None, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'container\', is_config=True)'})
         self.__missing_hb_allowed = t
@@ -23701,7 +28268,7 @@ no response.
         try:
             return self.__probing_rate
         except AttributeError:
-            self.__probing_rate = _D256(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__probing_rate = _D281(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__probing_rate
 
     def _set_probing_rate(self, v, load=False):
@@ -23718,7 +28285,7 @@ no response.
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D256(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D281(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'probing_rate must be of a type compatible with container', 'defined-type': 'container', 'generated-type': 'YANGDynClass(base=yc_probing_rate_dots_agent__dots_agent_client_session_config_idle_config_probing_rate, is_container=\'container\', yang_name="probing-rate", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, extensions=None, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'container\', is_config=True)'})
         self.__probing_rate = t
@@ -23739,7 +28306,7 @@ message.
         try:
             return self.__max_retransmit
         except AttributeError:
-            self.__max_retransmit = _D257(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__max_retransmit = _D282(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__max_retransmit
 
     def _set_max_retransmit(self, v, load=False):
@@ -23756,7 +28323,7 @@ message.
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D257(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D282(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'max_retransmit must be of a type compatible with container', 'defined-type': 'container', 'generated-type': 'YANGDynClass(base=yc_max_retransmit_dots_agent__dots_agent_client_session_config_idle_config_max_retransmit, is_container=\'container\', yang_name="max-retransmit", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, extensions=None, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'container\', is_config=True)'})
         self.__max_retransmit = t
@@ -23776,7 +28343,7 @@ message.
         try:
             return self.__ack_timeout
         except AttributeError:
-            self.__ack_timeout = _D258(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__ack_timeout = _D283(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__ack_timeout
 
     def _set_ack_timeout(self, v, load=False):
@@ -23792,7 +28359,7 @@ message.
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D258(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D283(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'ack_timeout must be of a type compatible with container', 'defined-type': 'container', 'generated-type': 'YANGDynClass(base=yc_ack_timeout_dots_agent__dots_agent_client_session_config_idle_config_ack_timeout, is_container=\'container\', yang_name="ack-timeout", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, extensions=None, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'container\', is_config=True)'})
         self.__ack_timeout = t
@@ -23813,7 +28380,7 @@ retransmissions.
         try:
             return self.__ack_random_factor
         except AttributeError:
-            self.__ack_random_factor = _D259(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__ack_random_factor = _D284(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__ack_random_factor
 
     def _set_ack_random_factor(self, v, load=False):
@@ -23830,7 +28397,7 @@ retransmissions.
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D259(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D284(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'ack_random_factor must be of a type compatible with container', 'defined-type': 'container', 'generated-type': 'YANGDynClass(base=yc_ack_random_factor_dots_agent__dots_agent_client_session_config_idle_config_ack_random_factor, is_container=\'container\', yang_name="ack-random-factor", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, extensions=None, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'container\', is_config=True)'})
         self.__ack_random_factor = t
@@ -23903,7 +28470,7 @@ is active.
         try:
             return self.__mitigating_config
         except AttributeError:
-            self.__mitigating_config = _D260(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__mitigating_config = _D285(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__mitigating_config
 
     def _set_mitigating_config(self, v, load=False):
@@ -23920,7 +28487,7 @@ is active.
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D260(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D285(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'mitigating_config must be of a type compatible with container', 'defined-type': 'container', 'generated-type': 'YANGDynClass(base=yc_mitigating_config_dots_agent__dots_agent_client_session_config_mitigating_config, is_container=\'container\', yang_name="mitigating-config", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, extensions=None, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'container\', is_config=True)'})
         self.__mitigating_config = t
@@ -23941,7 +28508,7 @@ is active.
         try:
             return self.__idle_config
         except AttributeError:
-            self.__idle_config = _D261(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__idle_config = _D286(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__idle_config
 
     def _set_idle_config(self, v, load=False):
@@ -23958,7 +28525,7 @@ is active.
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D261(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D286(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'idle_config must be of a type compatible with container', 'defined-type': 'container', 'generated-type': 'YANGDynClass(base=yc_idle_config_dots_agent__dots_agent_client_session_config_idle_config, is_container=\'container\', yang_name="idle-config", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, extensions=None, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'container\', is_config=True)'})
         self.__idle_config = t
@@ -24026,7 +28593,7 @@ present, it represents a single port number.
         try:
             return self.__lower_port
         except AttributeError:
-            self.__lower_port = _D262(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__lower_port = _D287(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__lower_port
 
     def _set_lower_port(self, v, load=False):
@@ -24045,7 +28612,7 @@ present, it represents a single port number.
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D262(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D287(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'lower_port must be of a type compatible with inet:port-number', 'defined-type': 'inet:port-number', 'generated-type': 'YANGDynClass(base=RestrictedClassType(base_type=RestrictedClassType(base_type=int, restriction_dict={\'range\': [\'0..65535\']},int_size=16), restriction_dict={\'range\': [\'0..65535\']}), is_leaf=True, yang_name="lower-port", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, is_keyval=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'inet:port-number\', is_config=True)'})
         self.__lower_port = t
@@ -24065,7 +28632,7 @@ present, it represents a single port number.
         try:
             return self.__upper_port
         except AttributeError:
-            self.__upper_port = _D263(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__upper_port = _D288(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__upper_port
 
     def _set_upper_port(self, v, load=False):
@@ -24081,7 +28648,7 @@ present, it represents a single port number.
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D263(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D288(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'upper_port must be of a type compatible with inet:port-number', 'defined-type': 'inet:port-number', 'generated-type': 'YANGDynClass(base=RestrictedClassType(base_type=RestrictedClassType(base_type=int, restriction_dict={\'range\': [\'0..65535\']},int_size=16), restriction_dict={\'range\': [\'0..65535\']}), is_leaf=True, yang_name="upper-port", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'inet:port-number\', is_config=True)'})
         self.__upper_port = t
@@ -24149,7 +28716,7 @@ represents a single port number.
         try:
             return self.__lower_port
         except AttributeError:
-            self.__lower_port = _D262(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__lower_port = _D287(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__lower_port
 
     def _set_lower_port(self, v, load=False):
@@ -24168,7 +28735,7 @@ represents a single port number.
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D262(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D287(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'lower_port must be of a type compatible with inet:port-number', 'defined-type': 'inet:port-number', 'generated-type': 'YANGDynClass(base=RestrictedClassType(base_type=RestrictedClassType(base_type=int, restriction_dict={\'range\': [\'0..65535\']},int_size=16), restriction_dict={\'range\': [\'0..65535\']}), is_leaf=True, yang_name="lower-port", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, is_keyval=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'inet:port-number\', is_config=True)'})
         self.__lower_port = t
@@ -24188,7 +28755,7 @@ represents a single port number.
         try:
             return self.__upper_port
         except AttributeError:
-            self.__upper_port = _D263(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__upper_port = _D288(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__upper_port
 
     def _set_upper_port(self, v, load=False):
@@ -24204,7 +28771,7 @@ represents a single port number.
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D263(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D288(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'upper_port must be of a type compatible with inet:port-number', 'defined-type': 'inet:port-number', 'generated-type': 'YANGDynClass(base=RestrictedClassType(base_type=RestrictedClassType(base_type=int, restriction_dict={\'range\': [\'0..65535\']},int_size=16), restriction_dict={\'range\': [\'0..65535\']}), is_leaf=True, yang_name="upper-port", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'inet:port-number\', is_config=True)'})
         self.__upper_port = t
@@ -24272,7 +28839,7 @@ it represents a single ICMP/ICMPv6 type.
         try:
             return self.__lower_type
         except AttributeError:
-            self.__lower_type = _D264(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__lower_type = _D289(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__lower_type
 
     def _set_lower_type(self, v, load=False):
@@ -24291,7 +28858,7 @@ it represents a single ICMP/ICMPv6 type.
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D264(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D289(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'lower_type must be of a type compatible with uint8', 'defined-type': 'uint8', 'generated-type': 'YANGDynClass(base=RestrictedClassType(base_type=int, restriction_dict={\'range\': [\'0..255\']}, int_size=8), is_leaf=True, yang_name="lower-type", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, is_keyval=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'uint8\', is_config=True)'})
         self.__lower_type = t
@@ -24311,7 +28878,7 @@ it represents a single ICMP/ICMPv6 type.
         try:
             return self.__upper_type
         except AttributeError:
-            self.__upper_type = _D265(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__upper_type = _D290(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__upper_type
 
     def _set_upper_type(self, v, load=False):
@@ -24327,7 +28894,7 @@ it represents a single ICMP/ICMPv6 type.
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D265(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D290(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'upper_type must be of a type compatible with uint8', 'defined-type': 'uint8', 'generated-type': 'YANGDynClass(base=RestrictedClassType(base_type=int, restriction_dict={\'range\': [\'0..255\']}, int_size=8), is_leaf=True, yang_name="upper-type", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'uint8\', is_config=True)'})
         self.__upper_type = t
@@ -24395,7 +28962,7 @@ as Call Home DOTS client (RFC 9066, Section 5.3.1).
         try:
             return self.__source_prefix
         except AttributeError:
-            self.__source_prefix = _D266(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__source_prefix = _D291(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__source_prefix
 
     def _set_source_prefix(self, v, load=False):
@@ -24411,7 +28978,7 @@ as Call Home DOTS client (RFC 9066, Section 5.3.1).
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D266(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D291(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'source_prefix must be of a type compatible with inet:ip-prefix', 'defined-type': 'inet:ip-prefix', 'generated-type': 'YANGDynClass(unique=True, base=TypedListType(allowed_type=[RestrictedClassType(base_type=str, restriction_dict={\'pattern\': \'(([0-9]|[1-9][0-9]|1[0-9][0-9]|2[0-4][0-9]|25[0-5])\\.){3}([0-9]|[1-9][0-9]|1[0-9][0-9]|2[0-4][0-9]|25[0-5])/(([0-9])|([1-2][0-9])|(3[0-2]))\'}),RestrictedClassType(base_type=str, restriction_dict={\'pattern\': \'((:|[0-9a-fA-F]{0,4}):)([0-9a-fA-F]{0,4}:){0,5}((([0-9a-fA-F]{0,4}:)?(:|[0-9a-fA-F]{0,4}))|(((25[0-5]|2[0-4][0-9]|[01]?[0-9]?[0-9])\\.){3}(25[0-5]|2[0-4][0-9]|[01]?[0-9]?[0-9])))(/(([0-9])|([0-9]{2})|(1[0-1][0-9])|(12[0-8])))\'}),]), is_leaf=False, yang_name="source-prefix", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'inet:ip-prefix\', is_config=True)'})
         self.__source_prefix = t
@@ -24432,7 +28999,7 @@ represents a single port number.
         try:
             return self.__source_port_range
         except AttributeError:
-            self.__source_port_range = _D267(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__source_port_range = _D292(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__source_port_range
 
     def _set_source_port_range(self, v, load=False):
@@ -24449,7 +29016,7 @@ represents a single port number.
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D267(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D292(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'source_port_range must be of a type compatible with list', 'defined-type': 'list', 'generated-type': 'YANGDynClass(base=YANGListType("lower_port",yc_source_port_range_dots_agent__dots_agent_client_mitigation_request_scope_attack_source_source_port_range, yang_name="source-port-range", parent=self, is_container=\'list\', user_ordered=False, path_helper=self._path_helper, yang_keys=\'lower-port\', extensions=None), is_container=\'list\', yang_name="source-port-range", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, extensions=None, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'list\', is_config=True)'})
         self.__source_port_range = t
@@ -24470,7 +29037,7 @@ it represents a single ICMP/ICMPv6 type.
         try:
             return self.__source_icmp_type_range
         except AttributeError:
-            self.__source_icmp_type_range = _D268(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__source_icmp_type_range = _D293(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__source_icmp_type_range
 
     def _set_source_icmp_type_range(self, v, load=False):
@@ -24487,7 +29054,7 @@ it represents a single ICMP/ICMPv6 type.
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D268(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D293(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'source_icmp_type_range must be of a type compatible with list', 'defined-type': 'list', 'generated-type': 'YANGDynClass(base=YANGListType("lower_type",yc_source_icmp_type_range_dots_agent__dots_agent_client_mitigation_request_scope_attack_source_source_icmp_type_range, yang_name="source-icmp-type-range", parent=self, is_container=\'list\', user_ordered=False, path_helper=self._path_helper, yang_keys=\'lower-type\', extensions=None), is_container=\'list\', yang_name="source-icmp-type-range", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, extensions=None, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'list\', is_config=True)'})
         self.__source_icmp_type_range = t
@@ -24556,7 +29123,7 @@ one per request).
         try:
             return self.__target_prefix
         except AttributeError:
-            self.__target_prefix = _D269(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__target_prefix = _D294(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__target_prefix
 
     def _set_target_prefix(self, v, load=False):
@@ -24572,7 +29139,7 @@ one per request).
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D269(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D294(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'target_prefix must be of a type compatible with inet:ip-prefix', 'defined-type': 'inet:ip-prefix', 'generated-type': 'YANGDynClass(unique=True, base=TypedListType(allowed_type=[RestrictedClassType(base_type=str, restriction_dict={\'pattern\': \'(([0-9]|[1-9][0-9]|1[0-9][0-9]|2[0-4][0-9]|25[0-5])\\.){3}([0-9]|[1-9][0-9]|1[0-9][0-9]|2[0-4][0-9]|25[0-5])/(([0-9])|([1-2][0-9])|(3[0-2]))\'}),RestrictedClassType(base_type=str, restriction_dict={\'pattern\': \'((:|[0-9a-fA-F]{0,4}):)([0-9a-fA-F]{0,4}:){0,5}((([0-9a-fA-F]{0,4}:)?(:|[0-9a-fA-F]{0,4}))|(((25[0-5]|2[0-4][0-9]|[01]?[0-9]?[0-9])\\.){3}(25[0-5]|2[0-4][0-9]|[01]?[0-9]?[0-9])))(/(([0-9])|([0-9]{2})|(1[0-1][0-9])|(12[0-8])))\'}),]), is_leaf=False, yang_name="target-prefix", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'inet:ip-prefix\', is_config=True)'})
         self.__target_prefix = t
@@ -24593,7 +29160,7 @@ present, it represents a single port number.
         try:
             return self.__target_port_range
         except AttributeError:
-            self.__target_port_range = _D270(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__target_port_range = _D295(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__target_port_range
 
     def _set_target_port_range(self, v, load=False):
@@ -24610,7 +29177,7 @@ present, it represents a single port number.
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D270(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D295(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'target_port_range must be of a type compatible with list', 'defined-type': 'list', 'generated-type': 'YANGDynClass(base=YANGListType("lower_port",yc_target_port_range_dots_agent__dots_agent_client_mitigation_request_scope_target_port_range, yang_name="target-port-range", parent=self, is_container=\'list\', user_ordered=False, path_helper=self._path_helper, yang_keys=\'lower-port\', extensions=None), is_container=\'list\', yang_name="target-port-range", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, extensions=None, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'list\', is_config=True)'})
         self.__target_port_range = t
@@ -24635,7 +29202,7 @@ For example, 6 for TCP or 17 for UDP.
         try:
             return self.__target_protocol
         except AttributeError:
-            self.__target_protocol = _D271(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__target_protocol = _D296(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__target_protocol
 
     def _set_target_protocol(self, v, load=False):
@@ -24656,7 +29223,7 @@ For example, 6 for TCP or 17 for UDP.
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D271(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D296(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'target_protocol must be of a type compatible with uint8', 'defined-type': 'uint8', 'generated-type': 'YANGDynClass(unique=True, base=TypedListType(allowed_type=RestrictedClassType(base_type=int, restriction_dict={\'range\': [\'0..255\']}, int_size=8)), is_leaf=False, yang_name="target-protocol", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'uint8\', is_config=True)'})
         self.__target_protocol = t
@@ -24676,7 +29243,7 @@ For example, 6 for TCP or 17 for UDP.
         try:
             return self.__target_fqdn
         except AttributeError:
-            self.__target_fqdn = _D272(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__target_fqdn = _D297(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__target_fqdn
 
     def _set_target_fqdn(self, v, load=False):
@@ -24692,7 +29259,7 @@ For example, 6 for TCP or 17 for UDP.
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D272(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D297(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'target_fqdn must be of a type compatible with inet:domain-name', 'defined-type': 'inet:domain-name', 'generated-type': 'YANGDynClass(unique=True, base=TypedListType(allowed_type=RestrictedClassType(base_type=str, restriction_dict={\'pattern\': \'((([a-zA-Z0-9_]([a-zA-Z0-9\\-_]){0,61})?[a-zA-Z0-9]\\.)*([a-zA-Z0-9_]([a-zA-Z0-9\\-_]){0,61})?[a-zA-Z0-9]\\.?)|\\.\', \'length\': [\'1..253\']})), is_leaf=False, yang_name="target-fqdn", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'inet:domain-name\', is_config=True)'})
         self.__target_fqdn = t
@@ -24712,7 +29279,7 @@ For example, 6 for TCP or 17 for UDP.
         try:
             return self.__target_uri
         except AttributeError:
-            self.__target_uri = _D273(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__target_uri = _D298(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__target_uri
 
     def _set_target_uri(self, v, load=False):
@@ -24728,7 +29295,7 @@ For example, 6 for TCP or 17 for UDP.
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D273(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D298(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'target_uri must be of a type compatible with inet:uri', 'defined-type': 'inet:uri', 'generated-type': 'YANGDynClass(unique=True, base=TypedListType(allowed_type=str), is_leaf=False, yang_name="target-uri", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'inet:uri\', is_config=True)'})
         self.__target_uri = t
@@ -24748,7 +29315,7 @@ For example, 6 for TCP or 17 for UDP.
         try:
             return self.__alias_name
         except AttributeError:
-            self.__alias_name = _D274(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__alias_name = _D299(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__alias_name
 
     def _set_alias_name(self, v, load=False):
@@ -24764,7 +29331,7 @@ For example, 6 for TCP or 17 for UDP.
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D274(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D299(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'alias_name must be of a type compatible with string', 'defined-type': 'string', 'generated-type': 'YANGDynClass(unique=True, base=TypedListType(allowed_type=str), is_leaf=False, yang_name="alias-name", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'string\', is_config=True)'})
         self.__alias_name = t
@@ -24786,7 +29353,7 @@ lifetime, which the server may refuse.
         try:
             return self.__lifetime
         except AttributeError:
-            self.__lifetime = _D275(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__lifetime = _D300(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__lifetime
 
     def _set_lifetime(self, v, load=False):
@@ -24804,7 +29371,7 @@ lifetime, which the server may refuse.
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D275(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D300(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'lifetime must be of a type compatible with mitigation-lifetime', 'defined-type': 'dots-agent:mitigation-lifetime', 'generated-type': 'YANGDynClass(base=[RestrictedClassType(base_type=long, restriction_dict={\'range\': [\'0..4294967295\']}, int_size=32),RestrictedClassType(base_type=RestrictedClassType(base_type=long, restriction_dict={\'range\': [\'-2147483648..2147483647\']}, int_size=32), restriction_dict={\'range\': [\'-1\']}),], default=RestrictedClassType(base_type=long, restriction_dict={\'range\': [\'-2147483648..2147483647\']}, int_size=32)(3600), is_leaf=True, yang_name="lifetime", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'mitigation-lifetime\', is_config=True)'})
         self.__lifetime = t
@@ -24825,7 +29392,7 @@ channel session is lost (RFC 9132).
         try:
             return self.__trigger_mitigation
         except AttributeError:
-            self.__trigger_mitigation = _D276(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__trigger_mitigation = _D301(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__trigger_mitigation
 
     def _set_trigger_mitigation(self, v, load=False):
@@ -24842,7 +29409,7 @@ channel session is lost (RFC 9132).
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D276(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D301(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'trigger_mitigation must be of a type compatible with boolean', 'defined-type': 'boolean', 'generated-type': 'YANGDynClass(base=YANGBool, default=YANGBool("true"), is_leaf=True, yang_name="trigger-mitigation", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'boolean\', is_config=True)'})
         self.__trigger_mitigation = t
@@ -24863,7 +29430,7 @@ as Call Home DOTS client (RFC 9066, Section 5.3.1).
         try:
             return self.__attack_source
         except AttributeError:
-            self.__attack_source = _D277(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__attack_source = _D302(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__attack_source
 
     def _set_attack_source(self, v, load=False):
@@ -24880,7 +29447,7 @@ as Call Home DOTS client (RFC 9066, Section 5.3.1).
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D277(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D302(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'attack_source must be of a type compatible with container', 'defined-type': 'container', 'generated-type': 'YANGDynClass(base=yc_attack_source_dots_agent__dots_agent_client_mitigation_request_scope_attack_source, is_container=\'container\', yang_name="attack-source", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, extensions=None, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'container\', is_config=True)'})
         self.__attack_source = t
@@ -25239,7 +29806,7 @@ present, it represents a single port number.
         try:
             return self.__target_port_range
         except AttributeError:
-            self.__target_port_range = _D278(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__target_port_range = _D303(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__target_port_range
 
     def _set_target_port_range(self, v, load=False):
@@ -25256,7 +29823,7 @@ present, it represents a single port number.
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D278(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D303(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'target_port_range must be of a type compatible with list', 'defined-type': 'list', 'generated-type': 'YANGDynClass(base=YANGListType("lower_port",yc_target_port_range_dots_agent__dots_agent_client_mitigation_request_state_scope_conflict_information_conflict_scope_target_port_range, yang_name="target-port-range", parent=self, is_container=\'list\', user_ordered=False, path_helper=self._path_helper, yang_keys=\'lower-port\', extensions=None), is_container=\'list\', yang_name="target-port-range", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, extensions=None, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'list\', is_config=False)'})
         self.__target_port_range = t
@@ -25547,7 +30114,7 @@ class yc_conflict_information_dots_agent__dots_agent_client_mitigation_request_s
 
     def _get_conflict_cause(self):
         """
-    Getter method for conflict_cause, mapped from YANG variable /dots_agent/client/mitigation_request/state/scope/conflict_information/conflict_cause (iana-dots-signal:conflict-cause)
+    Getter method for conflict_cause, mapped from YANG variable /dots_agent/client/mitigation_request/state/scope/conflict_information/conflict_cause (conflict-cause)
 
     YANG Description: Cause of the conflict.
     """
@@ -25559,7 +30126,7 @@ class yc_conflict_information_dots_agent__dots_agent_client_mitigation_request_s
 
     def _set_conflict_cause(self, v, load=False):
         """
-    Setter method for conflict_cause, mapped from YANG variable /dots_agent/client/mitigation_request/state/scope/conflict_information/conflict_cause (iana-dots-signal:conflict-cause)
+    Setter method for conflict_cause, mapped from YANG variable /dots_agent/client/mitigation_request/state/scope/conflict_information/conflict_cause (conflict-cause)
     If this variable is read-only (config: false) in the
     source YANG file, then _set_conflict_cause is considered as a private
     method. Backends looking to populate this variable should
@@ -25572,7 +30139,7 @@ class yc_conflict_information_dots_agent__dots_agent_client_mitigation_request_s
         try:
             t = _D140(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
-            raise ValueError({'error-string': 'conflict_cause must be of a type compatible with iana-dots-signal:conflict-cause', 'defined-type': 'iana-dots-signal:conflict-cause', 'generated-type': 'YANGDynClass(base=RestrictedClassType(base_type=str,                                     restriction_type="dict_key",                                     restriction_arg={\'overlapping-targets\': {\'value\': 1}, \'conflict-with-acceptlist\': {\'value\': 2}, \'cuid-collision\': {\'value\': 3}},), is_leaf=True, yang_name="conflict-cause", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'iana-dots-signal:conflict-cause\', is_config=False)'})
+            raise ValueError({'error-string': 'conflict_cause must be of a type compatible with conflict-cause', 'defined-type': 'dots-agent:conflict-cause', 'generated-type': 'YANGDynClass(base=RestrictedClassType(base_type=str,                                     restriction_type="dict_key",                                     restriction_arg={\'overlapping-targets\': {\'value\': 1}, \'conflict-with-acceptlist\': {\'value\': 2}, \'cuid-collision\': {\'value\': 3}},), is_leaf=True, yang_name="conflict-cause", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'conflict-cause\', is_config=False)'})
         self.__conflict_cause = t
         if hasattr(self, '_set'):
             self._set()
@@ -25630,7 +30197,7 @@ channel datastore.
         try:
             return self.__conflict_scope
         except AttributeError:
-            self.__conflict_scope = _D279(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__conflict_scope = _D304(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__conflict_scope
 
     def _set_conflict_scope(self, v, load=False):
@@ -25648,7 +30215,7 @@ channel datastore.
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D279(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D304(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'conflict_scope must be of a type compatible with container', 'defined-type': 'container', 'generated-type': 'YANGDynClass(base=yc_conflict_scope_dots_agent__dots_agent_client_mitigation_request_state_scope_conflict_information_conflict_scope, is_container=\'container\', yang_name="conflict-scope", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, extensions=None, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'container\', is_config=False)'})
         self.__conflict_scope = t
@@ -25754,7 +30321,7 @@ present, it represents a single port number.
         try:
             return self.__target_port_range
         except AttributeError:
-            self.__target_port_range = _D280(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__target_port_range = _D305(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__target_port_range
 
     def _set_target_port_range(self, v, load=False):
@@ -25771,7 +30338,7 @@ present, it represents a single port number.
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D280(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D305(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'target_port_range must be of a type compatible with list', 'defined-type': 'list', 'generated-type': 'YANGDynClass(base=YANGListType("lower_port",yc_target_port_range_dots_agent__dots_agent_client_mitigation_request_state_scope_target_port_range, yang_name="target-port-range", parent=self, is_container=\'list\', user_ordered=False, path_helper=self._path_helper, yang_keys=\'lower-port\', extensions=None), is_container=\'list\', yang_name="target-port-range", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, extensions=None, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'list\', is_config=False)'})
         self.__target_port_range = t
@@ -26135,7 +30702,7 @@ server-to-client messages (RFC 9132).
         try:
             return self.__conflict_information
         except AttributeError:
-            self.__conflict_information = _D281(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__conflict_information = _D306(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__conflict_information
 
     def _set_conflict_information(self, v, load=False):
@@ -26151,7 +30718,7 @@ server-to-client messages (RFC 9132).
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D281(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D306(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'conflict_information must be of a type compatible with container', 'defined-type': 'container', 'generated-type': 'YANGDynClass(base=yc_conflict_information_dots_agent__dots_agent_client_mitigation_request_state_scope_conflict_information, is_container=\'container\', yang_name="conflict-information", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, extensions=None, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'container\', is_config=False)'})
         self.__conflict_information = t
@@ -26421,7 +30988,7 @@ class yc_state_dots_agent__dots_agent_client_mitigation_request_state(PybindBase
         try:
             return self.__server
         except AttributeError:
-            self.__server = _D282(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__server = _D307(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__server
 
     def _set_server(self, v, load=False):
@@ -26437,7 +31004,7 @@ class yc_state_dots_agent__dots_agent_client_mitigation_request_state(PybindBase
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D282(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D307(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'server must be of a type compatible with string', 'defined-type': 'string', 'generated-type': 'YANGDynClass(base=str, is_leaf=True, yang_name="server", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'string\', is_config=False)'})
         self.__server = t
@@ -26493,7 +31060,7 @@ class yc_state_dots_agent__dots_agent_client_mitigation_request_state(PybindBase
         try:
             return self.__last_response_code
         except AttributeError:
-            self.__last_response_code = _D283(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__last_response_code = _D237(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__last_response_code
 
     def _set_last_response_code(self, v, load=False):
@@ -26509,7 +31076,7 @@ class yc_state_dots_agent__dots_agent_client_mitigation_request_state(PybindBase
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D283(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D237(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'last_response_code must be of a type compatible with response-code', 'defined-type': 'dots-agent:response-code', 'generated-type': 'YANGDynClass(base=RestrictedClassType(base_type=str, restriction_dict={\'pattern\': \'[245]\\.[0-9]{2}\'}), is_leaf=True, yang_name="last-response-code", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'response-code\', is_config=False)'})
         self.__last_response_code = t
@@ -26529,7 +31096,7 @@ class yc_state_dots_agent__dots_agent_client_mitigation_request_state(PybindBase
         try:
             return self.__last_update
         except AttributeError:
-            self.__last_update = _D284(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__last_update = _D238(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__last_update
 
     def _set_last_update(self, v, load=False):
@@ -26545,7 +31112,7 @@ class yc_state_dots_agent__dots_agent_client_mitigation_request_state(PybindBase
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D284(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D238(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'last_update must be of a type compatible with yang:date-and-time', 'defined-type': 'yang:date-and-time', 'generated-type': 'YANGDynClass(base=RestrictedClassType(base_type=str, restriction_dict={\'pattern\': \'\\d{4}-\\d{2}-\\d{2}T\\d{2}:\\d{2}:\\d{2}(\\.\\d+)?(Z|[\\+\\-]\\d{2}:\\d{2})\'}), is_leaf=True, yang_name="last-update", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'yang:date-and-time\', is_config=False)'})
         self.__last_update = t
@@ -26565,7 +31132,7 @@ class yc_state_dots_agent__dots_agent_client_mitigation_request_state(PybindBase
         try:
             return self.__scope
         except AttributeError:
-            self.__scope = _D285(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__scope = _D308(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__scope
 
     def _set_scope(self, v, load=False):
@@ -26581,7 +31148,7 @@ class yc_state_dots_agent__dots_agent_client_mitigation_request_state(PybindBase
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D285(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D308(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'scope must be of a type compatible with container', 'defined-type': 'container', 'generated-type': 'YANGDynClass(base=yc_scope_dots_agent__dots_agent_client_mitigation_request_state_scope, is_container=\'container\', yang_name="scope", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, extensions=None, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'container\', is_config=False)'})
         self.__scope = t
@@ -26731,7 +31298,7 @@ server in order.
         try:
             return self.__server
         except AttributeError:
-            self.__server = _D286(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__server = _D309(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__server
 
     def _set_server(self, v, load=False):
@@ -26748,7 +31315,7 @@ server in order.
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D286(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D309(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'server must be of a type compatible with leafref', 'defined-type': 'leafref', 'generated-type': 'YANGDynClass(base=str, is_leaf=True, yang_name="server", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'leafref\', is_config=True)'})
         self.__server = t
@@ -26769,7 +31336,7 @@ one per request).
         try:
             return self.__scope
         except AttributeError:
-            self.__scope = _D287(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__scope = _D310(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__scope
 
     def _set_scope(self, v, load=False):
@@ -26786,7 +31353,7 @@ one per request).
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D287(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D310(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'scope must be of a type compatible with container', 'defined-type': 'container', 'generated-type': 'YANGDynClass(base=yc_scope_dots_agent__dots_agent_client_mitigation_request_scope, is_container=\'container\', yang_name="scope", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, extensions=None, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'container\', is_config=True)'})
         self.__scope = t
@@ -26806,7 +31373,7 @@ one per request).
         try:
             return self.__state
         except AttributeError:
-            self.__state = _D288(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__state = _D311(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__state
 
     def _set_state(self, v, load=False):
@@ -26822,7 +31389,7 @@ one per request).
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D288(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D311(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'state must be of a type compatible with container', 'defined-type': 'container', 'generated-type': 'YANGDynClass(base=yc_state_dots_agent__dots_agent_client_mitigation_request_state, is_container=\'container\', yang_name="state", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, extensions=None, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'container\', is_config=False)'})
         self.__state = t
@@ -26929,7 +31496,7 @@ mitigation requests.
         try:
             return self.__port
         except AttributeError:
-            self.__port = _D289(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__port = _D312(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__port
 
     def _set_port(self, v, load=False):
@@ -26945,7 +31512,7 @@ mitigation requests.
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D289(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D312(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'port must be of a type compatible with inet:port-number', 'defined-type': 'inet:port-number', 'generated-type': 'YANGDynClass(base=RestrictedClassType(base_type=RestrictedClassType(base_type=int, restriction_dict={\'range\': [\'0..65535\']},int_size=16), restriction_dict={\'range\': [\'0..65535\']}), default=RestrictedClassType(base_type=int, restriction_dict={\'range\': [\'0..65535\']},int_size=16)(8080), is_leaf=True, yang_name="port", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'inet:port-number\', is_config=True)'})
         self.__port = t
@@ -26965,7 +31532,7 @@ mitigation requests.
         try:
             return self.__path
         except AttributeError:
-            self.__path = YANGDynClass(base=_T103, default=str('/alerts'), is_leaf=True, yang_name='path', register_paths=True, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='string', is_config=True, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__path = YANGDynClass(base=_T113, default=str('/alerts'), is_leaf=True, yang_name='path', register_paths=True, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='string', is_config=True, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__path
 
     def _set_path(self, v, load=False):
@@ -26981,7 +31548,7 @@ mitigation requests.
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = YANGDynClass(v, base=_T103, default=str('/alerts'), is_leaf=True, yang_name='path', register_paths=True, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='string', is_config=True, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = YANGDynClass(v, base=_T113, default=str('/alerts'), is_leaf=True, yang_name='path', register_paths=True, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='string', is_config=True, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'path must be of a type compatible with string', 'defined-type': 'string', 'generated-type': 'YANGDynClass(base=RestrictedClassType(base_type=str, restriction_dict={\'pattern\': \'/.*\'}), default=str("/alerts"), is_leaf=True, yang_name="path", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'string\', is_config=True)'})
         self.__path = t
@@ -27002,7 +31569,7 @@ authentication (loopback only).
         try:
             return self.__token
         except AttributeError:
-            self.__token = _D290(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__token = _D313(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__token
 
     def _set_token(self, v, load=False):
@@ -27019,7 +31586,7 @@ authentication (loopback only).
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D290(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D313(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'token must be of a type compatible with string', 'defined-type': 'string', 'generated-type': 'YANGDynClass(base=RestrictedClassType(base_type=str, restriction_dict={\'length\': [\'16..256\']}), is_leaf=True, yang_name="token", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'string\', is_config=True)'})
         self.__token = t
@@ -27039,7 +31606,7 @@ authentication (loopback only).
         try:
             return self.__default_lifetime
         except AttributeError:
-            self.__default_lifetime = _D291(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__default_lifetime = _D314(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__default_lifetime
 
     def _set_default_lifetime(self, v, load=False):
@@ -27055,7 +31622,7 @@ authentication (loopback only).
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D291(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D314(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'default_lifetime must be of a type compatible with mitigation-lifetime', 'defined-type': 'dots-agent:mitigation-lifetime', 'generated-type': 'YANGDynClass(base=[RestrictedClassType(base_type=long, restriction_dict={\'range\': [\'0..4294967295\']}, int_size=32),RestrictedClassType(base_type=RestrictedClassType(base_type=long, restriction_dict={\'range\': [\'-2147483648..2147483647\']}, int_size=32), restriction_dict={\'range\': [\'-1\']}),], default=RestrictedClassType(base_type=long, restriction_dict={\'range\': [\'-2147483648..2147483647\']}, int_size=32)(3600), is_leaf=True, yang_name="default-lifetime", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'mitigation-lifetime\', is_config=True)'})
         self.__default_lifetime = t
@@ -28081,7 +32648,7 @@ open.
         try:
             return self.__heartbeat_interval
         except AttributeError:
-            self.__heartbeat_interval = _D292(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__heartbeat_interval = _D315(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__heartbeat_interval
 
     def _set_heartbeat_interval(self, v, load=False):
@@ -28100,7 +32667,7 @@ open.
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D292(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D315(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'heartbeat_interval must be of a type compatible with container', 'defined-type': 'container', 'generated-type': 'YANGDynClass(base=yc_heartbeat_interval_dots_agent__dots_agent_client_sessions_session_negotiated_config_mitigating_config_heartbeat_interval, is_container=\'container\', yang_name="heartbeat-interval", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, extensions=None, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'container\', is_config=False)'})
         self.__heartbeat_interval = t
@@ -28120,7 +32687,7 @@ open.
         try:
             return self.__missing_hb_allowed
         except AttributeError:
-            self.__missing_hb_allowed = _D293(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__missing_hb_allowed = _D316(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__missing_hb_allowed
 
     def _set_missing_hb_allowed(self, v, load=False):
@@ -28136,7 +32703,7 @@ open.
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D293(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D316(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'missing_hb_allowed must be of a type compatible with container', 'defined-type': 'container', 'generated-type': 'YANGDynClass(base=yc_missing_hb_allowed_dots_agent__dots_agent_client_sessions_session_negotiated_config_mitigating_config_missing_hb_allowed, is_container=\'container\', yang_name="missing-hb-allowed", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, extensions=None, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'container\', is_config=False)'})
         self.__missing_hb_allowed = t
@@ -28157,7 +32724,7 @@ no response.
         try:
             return self.__probing_rate
         except AttributeError:
-            self.__probing_rate = _D294(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__probing_rate = _D317(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__probing_rate
 
     def _set_probing_rate(self, v, load=False):
@@ -28174,7 +32741,7 @@ no response.
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D294(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D317(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'probing_rate must be of a type compatible with container', 'defined-type': 'container', 'generated-type': 'YANGDynClass(base=yc_probing_rate_dots_agent__dots_agent_client_sessions_session_negotiated_config_mitigating_config_probing_rate, is_container=\'container\', yang_name="probing-rate", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, extensions=None, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'container\', is_config=False)'})
         self.__probing_rate = t
@@ -28195,7 +32762,7 @@ message.
         try:
             return self.__max_retransmit
         except AttributeError:
-            self.__max_retransmit = _D295(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__max_retransmit = _D318(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__max_retransmit
 
     def _set_max_retransmit(self, v, load=False):
@@ -28212,7 +32779,7 @@ message.
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D295(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D318(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'max_retransmit must be of a type compatible with container', 'defined-type': 'container', 'generated-type': 'YANGDynClass(base=yc_max_retransmit_dots_agent__dots_agent_client_sessions_session_negotiated_config_mitigating_config_max_retransmit, is_container=\'container\', yang_name="max-retransmit", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, extensions=None, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'container\', is_config=False)'})
         self.__max_retransmit = t
@@ -28232,7 +32799,7 @@ message.
         try:
             return self.__ack_timeout
         except AttributeError:
-            self.__ack_timeout = _D296(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__ack_timeout = _D319(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__ack_timeout
 
     def _set_ack_timeout(self, v, load=False):
@@ -28248,7 +32815,7 @@ message.
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D296(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D319(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'ack_timeout must be of a type compatible with container', 'defined-type': 'container', 'generated-type': 'YANGDynClass(base=yc_ack_timeout_dots_agent__dots_agent_client_sessions_session_negotiated_config_mitigating_config_ack_timeout, is_container=\'container\', yang_name="ack-timeout", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, extensions=None, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'container\', is_config=False)'})
         self.__ack_timeout = t
@@ -28269,7 +32836,7 @@ retransmissions.
         try:
             return self.__ack_random_factor
         except AttributeError:
-            self.__ack_random_factor = _D297(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__ack_random_factor = _D320(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__ack_random_factor
 
     def _set_ack_random_factor(self, v, load=False):
@@ -28286,7 +32853,7 @@ retransmissions.
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D297(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D320(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'ack_random_factor must be of a type compatible with container', 'defined-type': 'container', 'generated-type': 'YANGDynClass(base=yc_ack_random_factor_dots_agent__dots_agent_client_sessions_session_negotiated_config_mitigating_config_ack_random_factor, is_container=\'container\', yang_name="ack-random-factor", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, extensions=None, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'container\', is_config=False)'})
         self.__ack_random_factor = t
@@ -29313,7 +33880,7 @@ open.
         try:
             return self.__heartbeat_interval
         except AttributeError:
-            self.__heartbeat_interval = _D298(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__heartbeat_interval = _D321(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__heartbeat_interval
 
     def _set_heartbeat_interval(self, v, load=False):
@@ -29332,7 +33899,7 @@ open.
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D298(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D321(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'heartbeat_interval must be of a type compatible with container', 'defined-type': 'container', 'generated-type': 'YANGDynClass(base=yc_heartbeat_interval_dots_agent__dots_agent_client_sessions_session_negotiated_config_idle_config_heartbeat_interval, is_container=\'container\', yang_name="heartbeat-interval", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, extensions=None, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'container\', is_config=False)'})
         self.__heartbeat_interval = t
@@ -29352,7 +33919,7 @@ open.
         try:
             return self.__missing_hb_allowed
         except AttributeError:
-            self.__missing_hb_allowed = _D299(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__missing_hb_allowed = _D322(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__missing_hb_allowed
 
     def _set_missing_hb_allowed(self, v, load=False):
@@ -29368,7 +33935,7 @@ open.
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D299(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D322(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'missing_hb_allowed must be of a type compatible with container', 'defined-type': 'container', 'generated-type': 'YANGDynClass(base=yc_missing_hb_allowed_dots_agent__dots_agent_client_sessions_session_negotiated_config_idle_config_missing_hb_allowed, is_container=\'container\', yang_name="missing-hb-allowed", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, extensions=None, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'container\', is_config=False)'})
         self.__missing_hb_allowed = t
@@ -29389,7 +33956,7 @@ no response.
         try:
             return self.__probing_rate
         except AttributeError:
-            self.__probing_rate = _D300(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__probing_rate = _D323(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__probing_rate
 
     def _set_probing_rate(self, v, load=False):
@@ -29406,7 +33973,7 @@ no response.
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D300(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D323(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'probing_rate must be of a type compatible with container', 'defined-type': 'container', 'generated-type': 'YANGDynClass(base=yc_probing_rate_dots_agent__dots_agent_client_sessions_session_negotiated_config_idle_config_probing_rate, is_container=\'container\', yang_name="probing-rate", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, extensions=None, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'container\', is_config=False)'})
         self.__probing_rate = t
@@ -29427,7 +33994,7 @@ message.
         try:
             return self.__max_retransmit
         except AttributeError:
-            self.__max_retransmit = _D301(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__max_retransmit = _D324(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__max_retransmit
 
     def _set_max_retransmit(self, v, load=False):
@@ -29444,7 +34011,7 @@ message.
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D301(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D324(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'max_retransmit must be of a type compatible with container', 'defined-type': 'container', 'generated-type': 'YANGDynClass(base=yc_max_retransmit_dots_agent__dots_agent_client_sessions_session_negotiated_config_idle_config_max_retransmit, is_container=\'container\', yang_name="max-retransmit", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, extensions=None, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'container\', is_config=False)'})
         self.__max_retransmit = t
@@ -29464,7 +34031,7 @@ message.
         try:
             return self.__ack_timeout
         except AttributeError:
-            self.__ack_timeout = _D302(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__ack_timeout = _D325(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__ack_timeout
 
     def _set_ack_timeout(self, v, load=False):
@@ -29480,7 +34047,7 @@ message.
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D302(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D325(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'ack_timeout must be of a type compatible with container', 'defined-type': 'container', 'generated-type': 'YANGDynClass(base=yc_ack_timeout_dots_agent__dots_agent_client_sessions_session_negotiated_config_idle_config_ack_timeout, is_container=\'container\', yang_name="ack-timeout", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, extensions=None, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'container\', is_config=False)'})
         self.__ack_timeout = t
@@ -29501,7 +34068,7 @@ retransmissions.
         try:
             return self.__ack_random_factor
         except AttributeError:
-            self.__ack_random_factor = _D303(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__ack_random_factor = _D326(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__ack_random_factor
 
     def _set_ack_random_factor(self, v, load=False):
@@ -29518,7 +34085,7 @@ retransmissions.
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D303(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D326(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'ack_random_factor must be of a type compatible with container', 'defined-type': 'container', 'generated-type': 'YANGDynClass(base=yc_ack_random_factor_dots_agent__dots_agent_client_sessions_session_negotiated_config_idle_config_ack_random_factor, is_container=\'container\', yang_name="ack-random-factor", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, extensions=None, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'container\', is_config=False)'})
         self.__ack_random_factor = t
@@ -29590,7 +34157,7 @@ is active.
         try:
             return self.__mitigating_config
         except AttributeError:
-            self.__mitigating_config = _D304(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__mitigating_config = _D327(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__mitigating_config
 
     def _set_mitigating_config(self, v, load=False):
@@ -29607,7 +34174,7 @@ is active.
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D304(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D327(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'mitigating_config must be of a type compatible with container', 'defined-type': 'container', 'generated-type': 'YANGDynClass(base=yc_mitigating_config_dots_agent__dots_agent_client_sessions_session_negotiated_config_mitigating_config, is_container=\'container\', yang_name="mitigating-config", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, extensions=None, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'container\', is_config=False)'})
         self.__mitigating_config = t
@@ -29628,7 +34195,7 @@ is active.
         try:
             return self.__idle_config
         except AttributeError:
-            self.__idle_config = _D305(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__idle_config = _D328(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__idle_config
 
     def _set_idle_config(self, v, load=False):
@@ -29645,7 +34212,7 @@ is active.
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D305(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D328(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'idle_config must be of a type compatible with container', 'defined-type': 'container', 'generated-type': 'YANGDynClass(base=yc_idle_config_dots_agent__dots_agent_client_sessions_session_negotiated_config_idle_config, is_container=\'container\', yang_name="idle-config", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, extensions=None, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'container\', is_config=False)'})
         self.__idle_config = t
@@ -30348,7 +34915,7 @@ configuration, if any.
         try:
             return self.__negotiated_config
         except AttributeError:
-            self.__negotiated_config = _D306(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__negotiated_config = _D329(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__negotiated_config
 
     def _set_negotiated_config(self, v, load=False):
@@ -30364,7 +34931,7 @@ configuration, if any.
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D306(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D329(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'negotiated_config must be of a type compatible with container', 'defined-type': 'container', 'generated-type': 'YANGDynClass(base=yc_negotiated_config_dots_agent__dots_agent_client_sessions_session_negotiated_config, is_container=\'container\', yang_name="negotiated-config", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, extensions=None, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'container\', is_config=False)'})
         self.__negotiated_config = t
@@ -30384,7 +34951,7 @@ configuration, if any.
         try:
             return self.__heartbeat
         except AttributeError:
-            self.__heartbeat = _D307(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__heartbeat = _D330(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__heartbeat
 
     def _set_heartbeat(self, v, load=False):
@@ -30400,7 +34967,7 @@ configuration, if any.
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D307(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D330(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'heartbeat must be of a type compatible with container', 'defined-type': 'container', 'generated-type': 'YANGDynClass(base=yc_heartbeat_dots_agent__dots_agent_client_sessions_session_heartbeat, is_container=\'container\', yang_name="heartbeat", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, extensions=None, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'container\', is_config=False)'})
         self.__heartbeat = t
@@ -30420,7 +34987,7 @@ configuration, if any.
         try:
             return self.__server
         except AttributeError:
-            self.__server = _D282(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__server = _D307(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__server
 
     def _set_server(self, v, load=False):
@@ -30436,7 +35003,7 @@ configuration, if any.
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D282(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D307(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'server must be of a type compatible with string', 'defined-type': 'string', 'generated-type': 'YANGDynClass(base=str, is_leaf=True, yang_name="server", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'string\', is_config=False)'})
         self.__server = t
@@ -30516,7 +35083,7 @@ class yc_sessions_dots_agent__dots_agent_client_sessions(PybindBase):
         try:
             return self.__session
         except AttributeError:
-            self.__session = _D308(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__session = _D331(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__session
 
     def _set_session(self, v, load=False):
@@ -30532,7 +35099,7 @@ class yc_sessions_dots_agent__dots_agent_client_sessions(PybindBase):
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D308(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D331(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'session must be of a type compatible with list', 'defined-type': 'list', 'generated-type': 'YANGDynClass(base=YANGListType("session_id",yc_session_dots_agent__dots_agent_client_sessions_session, yang_name="session", parent=self, is_container=\'list\', user_ordered=False, path_helper=self._path_helper, yang_keys=\'session-id\', extensions=None), is_container=\'list\', yang_name="session", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, extensions=None, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'list\', is_config=False)'})
         self.__session = t
@@ -30756,7 +35323,7 @@ class yc_statistics_dots_agent__dots_agent_client_statistics(PybindBase):
         try:
             return self.__requests_sent
         except AttributeError:
-            self.__requests_sent = _D309(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__requests_sent = _D332(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__requests_sent
 
     def _set_requests_sent(self, v, load=False):
@@ -30772,7 +35339,7 @@ class yc_statistics_dots_agent__dots_agent_client_statistics(PybindBase):
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D309(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D332(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'requests_sent must be of a type compatible with yang:counter64', 'defined-type': 'yang:counter64', 'generated-type': 'YANGDynClass(base=RestrictedClassType(base_type=long, restriction_dict={\'range\':  [\'0..18446744073709551615\']}, int_size=64), is_leaf=True, yang_name="requests-sent", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'yang:counter64\', is_config=False)'})
         self.__requests_sent = t
@@ -30792,7 +35359,7 @@ class yc_statistics_dots_agent__dots_agent_client_statistics(PybindBase):
         try:
             return self.__alerts_received
         except AttributeError:
-            self.__alerts_received = _D310(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__alerts_received = _D333(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__alerts_received
 
     def _set_alerts_received(self, v, load=False):
@@ -30808,7 +35375,7 @@ class yc_statistics_dots_agent__dots_agent_client_statistics(PybindBase):
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D310(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D333(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'alerts_received must be of a type compatible with yang:counter64', 'defined-type': 'yang:counter64', 'generated-type': 'YANGDynClass(base=RestrictedClassType(base_type=long, restriction_dict={\'range\':  [\'0..18446744073709551615\']}, int_size=64), is_leaf=True, yang_name="alerts-received", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'yang:counter64\', is_config=False)'})
         self.__alerts_received = t
@@ -30828,7 +35395,7 @@ class yc_statistics_dots_agent__dots_agent_client_statistics(PybindBase):
         try:
             return self.__redirects_received
         except AttributeError:
-            self.__redirects_received = _D311(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__redirects_received = _D334(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__redirects_received
 
     def _set_redirects_received(self, v, load=False):
@@ -30844,7 +35411,7 @@ class yc_statistics_dots_agent__dots_agent_client_statistics(PybindBase):
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D311(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D334(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'redirects_received must be of a type compatible with yang:counter64', 'defined-type': 'yang:counter64', 'generated-type': 'YANGDynClass(base=RestrictedClassType(base_type=long, restriction_dict={\'range\':  [\'0..18446744073709551615\']}, int_size=64), is_leaf=True, yang_name="redirects-received", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'yang:counter64\', is_config=False)'})
         self.__redirects_received = t
@@ -30864,7 +35431,7 @@ class yc_statistics_dots_agent__dots_agent_client_statistics(PybindBase):
         try:
             return self.__responses
         except AttributeError:
-            self.__responses = _D312(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__responses = _D335(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__responses
 
     def _set_responses(self, v, load=False):
@@ -30880,7 +35447,7 @@ class yc_statistics_dots_agent__dots_agent_client_statistics(PybindBase):
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D312(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D335(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'responses must be of a type compatible with list', 'defined-type': 'list', 'generated-type': 'YANGDynClass(base=YANGListType("code",yc_responses_dots_agent__dots_agent_client_statistics_responses, yang_name="responses", parent=self, is_container=\'list\', user_ordered=False, path_helper=self._path_helper, yang_keys=\'code\', extensions=None), is_container=\'list\', yang_name="responses", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, extensions=None, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'list\', is_config=False)'})
         self.__responses = t
@@ -31024,7 +35591,7 @@ PSK identity (RFC 9132, Section 4.4.1.1).
         try:
             return self.__server
         except AttributeError:
-            self.__server = _D313(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__server = _D336(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__server
 
     def _set_server(self, v, load=False):
@@ -31040,7 +35607,7 @@ PSK identity (RFC 9132, Section 4.4.1.1).
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D313(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D336(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'server must be of a type compatible with list', 'defined-type': 'list', 'generated-type': 'YANGDynClass(base=YANGListType("name",yc_server_dots_agent__dots_agent_client_server, yang_name="server", parent=self, is_container=\'list\', user_ordered=True, path_helper=self._path_helper, yang_keys=\'name\', extensions=None), is_container=\'list\', yang_name="server", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, extensions=None, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'list\', is_config=True)'})
         self.__server = t
@@ -31061,7 +35628,7 @@ RFC 8305).
         try:
             return self.__happy_eyeballs
         except AttributeError:
-            self.__happy_eyeballs = _D314(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__happy_eyeballs = _D337(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__happy_eyeballs
 
     def _set_happy_eyeballs(self, v, load=False):
@@ -31078,7 +35645,7 @@ RFC 8305).
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D314(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D337(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'happy_eyeballs must be of a type compatible with container', 'defined-type': 'container', 'generated-type': 'YANGDynClass(base=yc_happy_eyeballs_dots_agent__dots_agent_client_happy_eyeballs, is_container=\'container\', yang_name="happy-eyeballs", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, extensions=None, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'container\', is_config=True)'})
         self.__happy_eyeballs = t
@@ -31137,7 +35704,7 @@ RFC 8305).
         try:
             return self.__session_config
         except AttributeError:
-            self.__session_config = _D315(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__session_config = _D338(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__session_config
 
     def _set_session_config(self, v, load=False):
@@ -31154,7 +35721,7 @@ RFC 8305).
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D315(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D338(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'session_config must be of a type compatible with container', 'defined-type': 'container', 'generated-type': 'YANGDynClass(base=yc_session_config_dots_agent__dots_agent_client_session_config, is_container=\'container\', yang_name="session-config", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, extensions=None, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'container\', is_config=True)'})
         self.__session_config = t
@@ -31176,7 +35743,7 @@ until it is disabled or deleted.
         try:
             return self.__mitigation_request
         except AttributeError:
-            self.__mitigation_request = _D316(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__mitigation_request = _D339(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__mitigation_request
 
     def _set_mitigation_request(self, v, load=False):
@@ -31194,7 +35761,7 @@ until it is disabled or deleted.
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D316(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D339(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'mitigation_request must be of a type compatible with list', 'defined-type': 'list', 'generated-type': 'YANGDynClass(base=YANGListType("name",yc_mitigation_request_dots_agent__dots_agent_client_mitigation_request, yang_name="mitigation-request", parent=self, is_container=\'list\', user_ordered=False, path_helper=self._path_helper, yang_keys=\'name\', extensions=None), is_container=\'list\', yang_name="mitigation-request", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, extensions=None, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'list\', is_config=True)'})
         self.__mitigation_request = t
@@ -31215,7 +35782,7 @@ mitigation requests.
         try:
             return self.__alert_endpoint
         except AttributeError:
-            self.__alert_endpoint = _D317(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__alert_endpoint = _D340(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__alert_endpoint
 
     def _set_alert_endpoint(self, v, load=False):
@@ -31232,7 +35799,7 @@ mitigation requests.
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D317(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D340(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'alert_endpoint must be of a type compatible with container', 'defined-type': 'container', 'generated-type': 'YANGDynClass(base=yc_alert_endpoint_dots_agent__dots_agent_client_alert_endpoint, is_container=\'container\', yang_name="alert-endpoint", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, extensions=None, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'container\', is_config=True)'})
         self.__alert_endpoint = t
@@ -31252,7 +35819,7 @@ mitigation requests.
         try:
             return self.__sessions
         except AttributeError:
-            self.__sessions = _D318(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__sessions = _D341(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__sessions
 
     def _set_sessions(self, v, load=False):
@@ -31268,7 +35835,7 @@ mitigation requests.
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D318(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D341(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'sessions must be of a type compatible with container', 'defined-type': 'container', 'generated-type': 'YANGDynClass(base=yc_sessions_dots_agent__dots_agent_client_sessions, is_container=\'container\', yang_name="sessions", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, extensions=None, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'container\', is_config=False)'})
         self.__sessions = t
@@ -31288,7 +35855,7 @@ mitigation requests.
         try:
             return self.__statistics
         except AttributeError:
-            self.__statistics = _D319(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__statistics = _D342(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__statistics
 
     def _set_statistics(self, v, load=False):
@@ -31304,7 +35871,7 @@ mitigation requests.
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D319(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D342(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'statistics must be of a type compatible with container', 'defined-type': 'container', 'generated-type': 'YANGDynClass(base=yc_statistics_dots_agent__dots_agent_client_statistics, is_container=\'container\', yang_name="statistics", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, extensions=None, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'container\', is_config=False)'})
         self.__statistics = t
@@ -31456,7 +36023,7 @@ explicit.
         try:
             return self.__port
         except AttributeError:
-            self.__port = _D320(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__port = _D343(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__port
 
     def _set_port(self, v, load=False):
@@ -31472,7 +36039,7 @@ explicit.
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D320(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D343(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'port must be of a type compatible with inet:port-number', 'defined-type': 'inet:port-number', 'generated-type': 'YANGDynClass(base=RestrictedClassType(base_type=RestrictedClassType(base_type=int, restriction_dict={\'range\': [\'0..65535\']},int_size=16), restriction_dict={\'range\': [\'0..65535\']}), default=RestrictedClassType(base_type=int, restriction_dict={\'range\': [\'0..65535\']},int_size=16)(830), is_leaf=True, yang_name="port", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'inet:port-number\', is_config=True)'})
         self.__port = t
@@ -31540,7 +36107,7 @@ class yc_netconf_dots_agent__dots_agent_management_netconf(PybindBase):
         try:
             return self.__endpoint
         except AttributeError:
-            self.__endpoint = _D321(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__endpoint = _D344(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__endpoint
 
     def _set_endpoint(self, v, load=False):
@@ -31556,7 +36123,7 @@ class yc_netconf_dots_agent__dots_agent_management_netconf(PybindBase):
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D321(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D344(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'endpoint must be of a type compatible with list', 'defined-type': 'list', 'generated-type': 'YANGDynClass(base=YANGListType("name",yc_endpoint_dots_agent__dots_agent_management_netconf_endpoint, yang_name="endpoint", parent=self, is_container=\'list\', user_ordered=False, path_helper=self._path_helper, yang_keys=\'name\', extensions=None), is_container=\'list\', yang_name="endpoint", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, extensions=None, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'list\', is_config=True)'})
         self.__endpoint = t
@@ -31576,7 +36143,7 @@ class yc_netconf_dots_agent__dots_agent_management_netconf(PybindBase):
         try:
             return self.__host_key_file
         except AttributeError:
-            self.__host_key_file = _D322(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__host_key_file = _D345(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__host_key_file
 
     def _set_host_key_file(self, v, load=False):
@@ -31592,7 +36159,7 @@ class yc_netconf_dots_agent__dots_agent_management_netconf(PybindBase):
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D322(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D345(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'host_key_file must be of a type compatible with file-path', 'defined-type': 'dots-agent:file-path', 'generated-type': 'YANGDynClass(base=RestrictedClassType(base_type=str, restriction_dict={\'pattern\': \'/.*\', \'length\': [\'1..4095\']}), is_leaf=True, yang_name="host-key-file", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'file-path\', is_config=True)'})
         self.__host_key_file = t
@@ -31736,7 +36303,7 @@ explicit.
         try:
             return self.__port
         except AttributeError:
-            self.__port = _D323(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__port = _D346(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__port
 
     def _set_port(self, v, load=False):
@@ -31752,7 +36319,7 @@ explicit.
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D323(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D346(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'port must be of a type compatible with inet:port-number', 'defined-type': 'inet:port-number', 'generated-type': 'YANGDynClass(base=RestrictedClassType(base_type=RestrictedClassType(base_type=int, restriction_dict={\'range\': [\'0..65535\']},int_size=16), restriction_dict={\'range\': [\'0..65535\']}), default=RestrictedClassType(base_type=int, restriction_dict={\'range\': [\'0..65535\']},int_size=16)(443), is_leaf=True, yang_name="port", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'inet:port-number\', is_config=True)'})
         self.__port = t
@@ -31820,7 +36387,7 @@ class yc_restconf_dots_agent__dots_agent_management_restconf(PybindBase):
         try:
             return self.__endpoint
         except AttributeError:
-            self.__endpoint = _D324(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__endpoint = _D347(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__endpoint
 
     def _set_endpoint(self, v, load=False):
@@ -31836,7 +36403,7 @@ class yc_restconf_dots_agent__dots_agent_management_restconf(PybindBase):
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D324(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D347(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'endpoint must be of a type compatible with list', 'defined-type': 'list', 'generated-type': 'YANGDynClass(base=YANGListType("name",yc_endpoint_dots_agent__dots_agent_management_restconf_endpoint, yang_name="endpoint", parent=self, is_container=\'list\', user_ordered=False, path_helper=self._path_helper, yang_keys=\'name\', extensions=None), is_container=\'list\', yang_name="endpoint", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, extensions=None, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'list\', is_config=True)'})
         self.__endpoint = t
@@ -31939,7 +36506,7 @@ class yc_ssh_public_key_dots_agent__dots_agent_management_user_ssh_public_key(Py
         try:
             return self.__name
         except AttributeError:
-            self.__name = _D325(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__name = _D348(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__name
 
     def _set_name(self, v, load=False):
@@ -31958,7 +36525,7 @@ class yc_ssh_public_key_dots_agent__dots_agent_management_user_ssh_public_key(Py
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D325(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D348(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'name must be of a type compatible with string', 'defined-type': 'string', 'generated-type': 'YANGDynClass(base=str, is_leaf=True, yang_name="name", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, is_keyval=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'string\', is_config=True)'})
         self.__name = t
@@ -31978,7 +36545,7 @@ class yc_ssh_public_key_dots_agent__dots_agent_management_user_ssh_public_key(Py
         try:
             return self.__algorithm
         except AttributeError:
-            self.__algorithm = _D326(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__algorithm = _D349(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__algorithm
 
     def _set_algorithm(self, v, load=False):
@@ -31994,7 +36561,7 @@ class yc_ssh_public_key_dots_agent__dots_agent_management_user_ssh_public_key(Py
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D326(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D349(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'algorithm must be of a type compatible with string', 'defined-type': 'string', 'generated-type': 'YANGDynClass(base=str, is_leaf=True, yang_name="algorithm", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'string\', is_config=True)'})
         self.__algorithm = t
@@ -32014,7 +36581,7 @@ class yc_ssh_public_key_dots_agent__dots_agent_management_user_ssh_public_key(Py
         try:
             return self.__key_data
         except AttributeError:
-            self.__key_data = _D327(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__key_data = _D350(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__key_data
 
     def _set_key_data(self, v, load=False):
@@ -32030,7 +36597,7 @@ class yc_ssh_public_key_dots_agent__dots_agent_management_user_ssh_public_key(Py
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D327(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D350(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'key_data must be of a type compatible with binary', 'defined-type': 'binary', 'generated-type': 'YANGDynClass(base=YANGBinary, is_leaf=True, yang_name="key-data", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'binary\', is_config=True)'})
         self.__key_data = t
@@ -32137,7 +36704,7 @@ class yc_user_dots_agent__dots_agent_management_user(PybindBase):
         try:
             return self.__password
         except AttributeError:
-            self.__password = _D328(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__password = _D351(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__password
 
     def _set_password(self, v, load=False):
@@ -32153,7 +36720,7 @@ class yc_user_dots_agent__dots_agent_management_user(PybindBase):
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D328(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D351(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'password must be of a type compatible with ianach:crypt-hash', 'defined-type': 'ianach:crypt-hash', 'generated-type': 'YANGDynClass(base=RestrictedClassType(base_type=str, restriction_dict={\'pattern\': \'$0$.*|$1$[a-zA-Z0-9./]{1,8}$[a-zA-Z0-9./]{22}|$5$(rounds=\\d+$)?[a-zA-Z0-9./]{1,16}$[a-zA-Z0-9./]{43}|$6$(rounds=\\d+$)?[a-zA-Z0-9./]{1,16}$[a-zA-Z0-9./]{86}\'}), is_leaf=True, yang_name="password", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'ianach:crypt-hash\', is_config=True)'})
         self.__password = t
@@ -32173,7 +36740,7 @@ class yc_user_dots_agent__dots_agent_management_user(PybindBase):
         try:
             return self.__ssh_public_key
         except AttributeError:
-            self.__ssh_public_key = _D329(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__ssh_public_key = _D352(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__ssh_public_key
 
     def _set_ssh_public_key(self, v, load=False):
@@ -32189,7 +36756,7 @@ class yc_user_dots_agent__dots_agent_management_user(PybindBase):
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D329(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D352(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'ssh_public_key must be of a type compatible with list', 'defined-type': 'list', 'generated-type': 'YANGDynClass(base=YANGListType("name",yc_ssh_public_key_dots_agent__dots_agent_management_user_ssh_public_key, yang_name="ssh-public-key", parent=self, is_container=\'list\', user_ordered=False, path_helper=self._path_helper, yang_keys=\'name\', extensions=None), is_container=\'list\', yang_name="ssh-public-key", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, extensions=None, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'list\', is_config=True)'})
         self.__ssh_public_key = t
@@ -32257,7 +36824,7 @@ class yc_management_dots_agent__dots_agent_management(PybindBase):
         try:
             return self.__netconf
         except AttributeError:
-            self.__netconf = _D330(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__netconf = _D353(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__netconf
 
     def _set_netconf(self, v, load=False):
@@ -32273,7 +36840,7 @@ class yc_management_dots_agent__dots_agent_management(PybindBase):
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D330(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D353(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'netconf must be of a type compatible with container', 'defined-type': 'container', 'generated-type': 'YANGDynClass(base=yc_netconf_dots_agent__dots_agent_management_netconf, is_container=\'container\', yang_name="netconf", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, extensions=None, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'container\', is_config=True)'})
         self.__netconf = t
@@ -32293,7 +36860,7 @@ class yc_management_dots_agent__dots_agent_management(PybindBase):
         try:
             return self.__restconf
         except AttributeError:
-            self.__restconf = _D331(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__restconf = _D354(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__restconf
 
     def _set_restconf(self, v, load=False):
@@ -32309,7 +36876,7 @@ class yc_management_dots_agent__dots_agent_management(PybindBase):
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D331(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D354(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'restconf must be of a type compatible with container', 'defined-type': 'container', 'generated-type': 'YANGDynClass(base=yc_restconf_dots_agent__dots_agent_management_restconf, is_container=\'container\', yang_name="restconf", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, extensions=None, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'container\', is_config=True)'})
         self.__restconf = t
@@ -32329,7 +36896,7 @@ class yc_management_dots_agent__dots_agent_management(PybindBase):
         try:
             return self.__user
         except AttributeError:
-            self.__user = _D332(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__user = _D355(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__user
 
     def _set_user(self, v, load=False):
@@ -32345,7 +36912,7 @@ class yc_management_dots_agent__dots_agent_management(PybindBase):
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D332(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D355(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'user must be of a type compatible with list', 'defined-type': 'list', 'generated-type': 'YANGDynClass(base=YANGListType("name",yc_user_dots_agent__dots_agent_management_user, yang_name="user", parent=self, is_container=\'list\', user_ordered=False, path_helper=self._path_helper, yang_keys=\'name\', extensions=None), is_container=\'list\', yang_name="user", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, extensions=None, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'list\', is_config=True)'})
         self.__user = t
@@ -32413,7 +36980,7 @@ class yc_dots_agent_dots_agent__dots_agent(PybindBase):
         try:
             return self.__credentials
         except AttributeError:
-            self.__credentials = _D333(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__credentials = _D356(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__credentials
 
     def _set_credentials(self, v, load=False):
@@ -32429,7 +36996,7 @@ class yc_dots_agent_dots_agent__dots_agent(PybindBase):
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D333(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D356(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'credentials must be of a type compatible with container', 'defined-type': 'container', 'generated-type': 'YANGDynClass(base=yc_credentials_dots_agent__dots_agent_credentials, is_container=\'container\', yang_name="credentials", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, extensions=None, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'container\', is_config=True)'})
         self.__credentials = t
@@ -32449,7 +37016,7 @@ class yc_dots_agent_dots_agent__dots_agent(PybindBase):
         try:
             return self.__server
         except AttributeError:
-            self.__server = _D334(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__server = _D357(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__server
 
     def _set_server(self, v, load=False):
@@ -32465,7 +37032,7 @@ class yc_dots_agent_dots_agent__dots_agent(PybindBase):
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D334(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D357(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'server must be of a type compatible with container', 'defined-type': 'container', 'generated-type': 'YANGDynClass(base=yc_server_dots_agent__dots_agent_server, is_container=\'container\', yang_name="server", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, extensions=None, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'container\', is_config=True)'})
         self.__server = t
@@ -32487,7 +37054,7 @@ to the Call Home DOTS client.
         try:
             return self.__call_home
         except AttributeError:
-            self.__call_home = _D335(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__call_home = _D358(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__call_home
 
     def _set_call_home(self, v, load=False):
@@ -32505,7 +37072,7 @@ to the Call Home DOTS client.
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D335(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D358(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'call_home must be of a type compatible with container', 'defined-type': 'container', 'generated-type': 'YANGDynClass(base=yc_call_home_dots_agent__dots_agent_call_home, is_container=\'container\', yang_name="call-home", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, extensions=None, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'container\', is_config=True)'})
         self.__call_home = t
@@ -32525,7 +37092,7 @@ to the Call Home DOTS client.
         try:
             return self.__client
         except AttributeError:
-            self.__client = _D336(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__client = _D359(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__client
 
     def _set_client(self, v, load=False):
@@ -32541,7 +37108,7 @@ to the Call Home DOTS client.
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D336(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D359(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'client must be of a type compatible with container', 'defined-type': 'container', 'generated-type': 'YANGDynClass(base=yc_client_dots_agent__dots_agent_client, is_container=\'container\', yang_name="client", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, extensions=None, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'container\', is_config=True)'})
         self.__client = t
@@ -32561,7 +37128,7 @@ to the Call Home DOTS client.
         try:
             return self.__management
         except AttributeError:
-            self.__management = _D337(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__management = _D360(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__management
 
     def _set_management(self, v, load=False):
@@ -32577,7 +37144,7 @@ to the Call Home DOTS client.
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D337(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D360(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'management must be of a type compatible with container', 'defined-type': 'container', 'generated-type': 'YANGDynClass(base=yc_management_dots_agent__dots_agent_management, is_container=\'container\', yang_name="management", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, extensions=None, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'container\', is_config=True)'})
         self.__management = t
@@ -32697,7 +37264,7 @@ its data.
         try:
             return self.__dots_agent
         except AttributeError:
-            self.__dots_agent = _D338(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            self.__dots_agent = _D361(parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
             return self.__dots_agent
 
     def _set_dots_agent(self, v, load=False):
@@ -32713,7 +37280,7 @@ its data.
         if hasattr(v, '_utype'):
             v = v._utype(v)
         try:
-            t = _D338(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
+            t = _D361(v, parent=self, path_helper=self._path_helper, extmethods=self._extmethods)
         except (TypeError, ValueError):
             raise ValueError({'error-string': 'dots_agent must be of a type compatible with container', 'defined-type': 'container', 'generated-type': 'YANGDynClass(base=yc_dots_agent_dots_agent__dots_agent, is_container=\'container\', yang_name="dots-agent", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, extensions=None, namespace=\'urn:dots-agent:params:xml:ns:yang:dots-agent\', defining_module=\'dots-agent\', yang_type=\'container\', is_config=True)'})
         self.__dots_agent = t
@@ -32812,35 +37379,45 @@ _T83 = YANGListType('lower_port', yc_target_port_range_dots_agent__dots_agent_ca
 _T84 = YANGListType('lower_port', yc_source_port_range_dots_agent__dots_agent_call_home_call_home_server_pending_approvals_pending_approval_scope_source_port_range, yang_name='source-port-range', is_container='list', user_ordered=False, yang_keys='lower-port', extensions=None)
 _T85 = YANGListType('lower_type', yc_source_icmp_type_range_dots_agent__dots_agent_call_home_call_home_server_pending_approvals_pending_approval_scope_source_icmp_type_range, yang_name='source-icmp-type-range', is_container='list', user_ordered=False, yang_keys='lower-type', extensions=None)
 _T86 = YANGListType('cuid mid', yc_pending_approval_dots_agent__dots_agent_call_home_call_home_server_pending_approvals_pending_approval, yang_name='pending-approval', is_container='list', user_ordered=False, yang_keys='cuid mid', extensions=None)
-_T87 = YANGListType('name', yc_peer_dots_agent__dots_agent_call_home_call_home_server_peer, yang_name='peer', is_container='list', user_ordered=False, yang_keys='name', extensions=None)
-_T88 = RestrictedClassType(base_type=str, restriction_type='dict_key', restriction_arg={'auto': {}, 'manual': {}})
-_T89 = YANGListType('name', yc_endpoint_dots_agent__dots_agent_call_home_call_home_client_listen_endpoint, yang_name='endpoint', is_container='list', user_ordered=False, yang_keys='name', extensions=None)
-_T90 = YANGListType('session_id', yc_session_dots_agent__dots_agent_call_home_sessions_session, yang_name='session', is_container='list', user_ordered=False, yang_keys='session-id', extensions=None)
-_T91 = TypedListType(allowed_type=[RestrictedClassType(base_type=str, restriction_dict={'pattern': '(([0-9]|[1-9][0-9]|1[0-9][0-9]|2[0-4][0-9]|25[0-5])\\.){3}([0-9]|[1-9][0-9]|1[0-9][0-9]|2[0-4][0-9]|25[0-5])(%[\\p{N}\\p{L}]+)?'}), RestrictedClassType(base_type=str, restriction_dict={'pattern': '((:|[0-9a-fA-F]{0,4}):)([0-9a-fA-F]{0,4}:){0,5}((([0-9a-fA-F]{0,4}:)?(:|[0-9a-fA-F]{0,4}))|(((25[0-5]|2[0-4][0-9]|[01]?[0-9]?[0-9])\\.){3}(25[0-5]|2[0-4][0-9]|[01]?[0-9]?[0-9])))(%[\\p{N}\\p{L}]+)?'}), RestrictedClassType(base_type=str, restriction_dict={'pattern': '((([a-zA-Z0-9_]([a-zA-Z0-9\\-_]){0,61})?[a-zA-Z0-9]\\.)*([a-zA-Z0-9_]([a-zA-Z0-9\\-_]){0,61})?[a-zA-Z0-9]\\.?)|\\.', 'length': ['1..253']})])
-_T92 = TypedListType(allowed_type=RestrictedClassType(base_type=str, restriction_type='dict_key', restriction_arg={'dtls': {}, 'tls': {}}))
-_T93 = RestrictedClassType(base_type=RestrictedClassType(base_type=int, restriction_dict={'range': ['0..65535']}, int_size=16), restriction_dict={'range': ['10..2000']})
-_T94 = RestrictedClassType(base_type=int, restriction_dict={'range': ['0..65535']}, int_size=16)(100)
-_T95 = RestrictedClassType(base_type=str, restriction_type='dict_key', restriction_arg={'ipv6': {}, 'ipv4': {}})
-_T96 = RestrictedClassType(base_type=RestrictedClassType(base_type=long, restriction_dict={'range': ['0..4294967295']}, int_size=32), restriction_dict={'range': ['300..max']})
-_T97 = YANGListType('lower_port', yc_source_port_range_dots_agent__dots_agent_client_mitigation_request_scope_attack_source_source_port_range, yang_name='source-port-range', is_container='list', user_ordered=False, yang_keys='lower-port', extensions=None)
-_T98 = YANGListType('lower_type', yc_source_icmp_type_range_dots_agent__dots_agent_client_mitigation_request_scope_attack_source_source_icmp_type_range, yang_name='source-icmp-type-range', is_container='list', user_ordered=False, yang_keys='lower-type', extensions=None)
-_T99 = YANGListType('lower_port', yc_target_port_range_dots_agent__dots_agent_client_mitigation_request_scope_target_port_range, yang_name='target-port-range', is_container='list', user_ordered=False, yang_keys='lower-port', extensions=None)
-_T100 = YANGListType('lower_port', yc_target_port_range_dots_agent__dots_agent_client_mitigation_request_state_scope_conflict_information_conflict_scope_target_port_range, yang_name='target-port-range', is_container='list', user_ordered=False, yang_keys='lower-port', extensions=None)
-_T101 = YANGListType('lower_port', yc_target_port_range_dots_agent__dots_agent_client_mitigation_request_state_scope_target_port_range, yang_name='target-port-range', is_container='list', user_ordered=False, yang_keys='lower-port', extensions=None)
-_T102 = RestrictedClassType(base_type=int, restriction_dict={'range': ['0..65535']}, int_size=16)(8080)
-_T103 = RestrictedClassType(base_type=str, restriction_dict={'pattern': '/.*'})
-_T104 = RestrictedClassType(base_type=str, restriction_dict={'length': ['16..256']})
-_T105 = YANGListType('session_id', yc_session_dots_agent__dots_agent_client_sessions_session, yang_name='session', is_container='list', user_ordered=False, yang_keys='session-id', extensions=None)
-_T106 = YANGListType('code', yc_responses_dots_agent__dots_agent_client_statistics_responses, yang_name='responses', is_container='list', user_ordered=False, yang_keys='code', extensions=None)
-_T107 = YANGListType('name', yc_server_dots_agent__dots_agent_client_server, yang_name='server', is_container='list', user_ordered=True, yang_keys='name', extensions=None)
-_T108 = YANGListType('name', yc_mitigation_request_dots_agent__dots_agent_client_mitigation_request, yang_name='mitigation-request', is_container='list', user_ordered=False, yang_keys='name', extensions=None)
-_T109 = RestrictedClassType(base_type=int, restriction_dict={'range': ['0..65535']}, int_size=16)(830)
-_T110 = YANGListType('name', yc_endpoint_dots_agent__dots_agent_management_netconf_endpoint, yang_name='endpoint', is_container='list', user_ordered=False, yang_keys='name', extensions=None)
-_T111 = RestrictedClassType(base_type=int, restriction_dict={'range': ['0..65535']}, int_size=16)(443)
-_T112 = YANGListType('name', yc_endpoint_dots_agent__dots_agent_management_restconf_endpoint, yang_name='endpoint', is_container='list', user_ordered=False, yang_keys='name', extensions=None)
-_T113 = RestrictedClassType(base_type=str, restriction_dict={'pattern': '$0$.*|$1$[a-zA-Z0-9./]{1,8}$[a-zA-Z0-9./]{22}|$5$(rounds=\\d+$)?[a-zA-Z0-9./]{1,16}$[a-zA-Z0-9./]{43}|$6$(rounds=\\d+$)?[a-zA-Z0-9./]{1,16}$[a-zA-Z0-9./]{86}'})
-_T114 = YANGListType('name', yc_ssh_public_key_dots_agent__dots_agent_management_user_ssh_public_key, yang_name='ssh-public-key', is_container='list', user_ordered=False, yang_keys='name', extensions=None)
-_T115 = YANGListType('name', yc_user_dots_agent__dots_agent_management_user, yang_name='user', is_container='list', user_ordered=False, yang_keys='name', extensions=None)
+_T87 = YANGListType('lower_port', yc_target_port_range_dots_agent__dots_agent_call_home_call_home_server_mitigations_mitigation_scope_conflict_information_conflict_scope_target_port_range, yang_name='target-port-range', is_container='list', user_ordered=False, yang_keys='lower-port', extensions=None)
+_T88 = YANGListType('lower_port', yc_target_port_range_dots_agent__dots_agent_call_home_call_home_server_mitigations_mitigation_scope_target_port_range, yang_name='target-port-range', is_container='list', user_ordered=False, yang_keys='lower-port', extensions=None)
+_T89 = YANGListType('lower_port', yc_source_port_range_dots_agent__dots_agent_call_home_call_home_server_mitigations_mitigation_scope_source_port_range, yang_name='source-port-range', is_container='list', user_ordered=False, yang_keys='lower-port', extensions=None)
+_T90 = YANGListType('lower_type', yc_source_icmp_type_range_dots_agent__dots_agent_call_home_call_home_server_mitigations_mitigation_scope_source_icmp_type_range, yang_name='source-icmp-type-range', is_container='list', user_ordered=False, yang_keys='lower-type', extensions=None)
+_T91 = YANGListType('cuid mid', yc_mitigation_dots_agent__dots_agent_call_home_call_home_server_mitigations_mitigation, yang_name='mitigation', is_container='list', user_ordered=False, yang_keys='cuid mid', extensions=None)
+_T92 = YANGListType('name', yc_peer_dots_agent__dots_agent_call_home_call_home_server_peer, yang_name='peer', is_container='list', user_ordered=False, yang_keys='name', extensions=None)
+_T93 = RestrictedClassType(base_type=str, restriction_type='dict_key', restriction_arg={'auto': {}, 'manual': {}})
+_T94 = YANGListType('name', yc_endpoint_dots_agent__dots_agent_call_home_call_home_client_listen_endpoint, yang_name='endpoint', is_container='list', user_ordered=False, yang_keys='name', extensions=None)
+_T95 = YANGListType('lower_port', yc_target_port_range_dots_agent__dots_agent_call_home_call_home_client_requests_request_scope_conflict_information_conflict_scope_target_port_range, yang_name='target-port-range', is_container='list', user_ordered=False, yang_keys='lower-port', extensions=None)
+_T96 = YANGListType('lower_port', yc_target_port_range_dots_agent__dots_agent_call_home_call_home_client_requests_request_scope_target_port_range, yang_name='target-port-range', is_container='list', user_ordered=False, yang_keys='lower-port', extensions=None)
+_T97 = YANGListType('lower_port', yc_source_port_range_dots_agent__dots_agent_call_home_call_home_client_requests_request_scope_source_port_range, yang_name='source-port-range', is_container='list', user_ordered=False, yang_keys='lower-port', extensions=None)
+_T98 = YANGListType('lower_type', yc_source_icmp_type_range_dots_agent__dots_agent_call_home_call_home_client_requests_request_scope_source_icmp_type_range, yang_name='source-icmp-type-range', is_container='list', user_ordered=False, yang_keys='lower-type', extensions=None)
+_T99 = YANGListType('peer_cuid mid', yc_request_dots_agent__dots_agent_call_home_call_home_client_requests_request, yang_name='request', is_container='list', user_ordered=False, yang_keys='peer-cuid mid', extensions=None)
+_T100 = YANGListType('session_id', yc_session_dots_agent__dots_agent_call_home_sessions_session, yang_name='session', is_container='list', user_ordered=False, yang_keys='session-id', extensions=None)
+_T101 = TypedListType(allowed_type=[RestrictedClassType(base_type=str, restriction_dict={'pattern': '(([0-9]|[1-9][0-9]|1[0-9][0-9]|2[0-4][0-9]|25[0-5])\\.){3}([0-9]|[1-9][0-9]|1[0-9][0-9]|2[0-4][0-9]|25[0-5])(%[\\p{N}\\p{L}]+)?'}), RestrictedClassType(base_type=str, restriction_dict={'pattern': '((:|[0-9a-fA-F]{0,4}):)([0-9a-fA-F]{0,4}:){0,5}((([0-9a-fA-F]{0,4}:)?(:|[0-9a-fA-F]{0,4}))|(((25[0-5]|2[0-4][0-9]|[01]?[0-9]?[0-9])\\.){3}(25[0-5]|2[0-4][0-9]|[01]?[0-9]?[0-9])))(%[\\p{N}\\p{L}]+)?'}), RestrictedClassType(base_type=str, restriction_dict={'pattern': '((([a-zA-Z0-9_]([a-zA-Z0-9\\-_]){0,61})?[a-zA-Z0-9]\\.)*([a-zA-Z0-9_]([a-zA-Z0-9\\-_]){0,61})?[a-zA-Z0-9]\\.?)|\\.', 'length': ['1..253']})])
+_T102 = TypedListType(allowed_type=RestrictedClassType(base_type=str, restriction_type='dict_key', restriction_arg={'dtls': {}, 'tls': {}}))
+_T103 = RestrictedClassType(base_type=RestrictedClassType(base_type=int, restriction_dict={'range': ['0..65535']}, int_size=16), restriction_dict={'range': ['10..2000']})
+_T104 = RestrictedClassType(base_type=int, restriction_dict={'range': ['0..65535']}, int_size=16)(100)
+_T105 = RestrictedClassType(base_type=str, restriction_type='dict_key', restriction_arg={'ipv6': {}, 'ipv4': {}})
+_T106 = RestrictedClassType(base_type=RestrictedClassType(base_type=long, restriction_dict={'range': ['0..4294967295']}, int_size=32), restriction_dict={'range': ['300..max']})
+_T107 = YANGListType('lower_port', yc_source_port_range_dots_agent__dots_agent_client_mitigation_request_scope_attack_source_source_port_range, yang_name='source-port-range', is_container='list', user_ordered=False, yang_keys='lower-port', extensions=None)
+_T108 = YANGListType('lower_type', yc_source_icmp_type_range_dots_agent__dots_agent_client_mitigation_request_scope_attack_source_source_icmp_type_range, yang_name='source-icmp-type-range', is_container='list', user_ordered=False, yang_keys='lower-type', extensions=None)
+_T109 = YANGListType('lower_port', yc_target_port_range_dots_agent__dots_agent_client_mitigation_request_scope_target_port_range, yang_name='target-port-range', is_container='list', user_ordered=False, yang_keys='lower-port', extensions=None)
+_T110 = YANGListType('lower_port', yc_target_port_range_dots_agent__dots_agent_client_mitigation_request_state_scope_conflict_information_conflict_scope_target_port_range, yang_name='target-port-range', is_container='list', user_ordered=False, yang_keys='lower-port', extensions=None)
+_T111 = YANGListType('lower_port', yc_target_port_range_dots_agent__dots_agent_client_mitigation_request_state_scope_target_port_range, yang_name='target-port-range', is_container='list', user_ordered=False, yang_keys='lower-port', extensions=None)
+_T112 = RestrictedClassType(base_type=int, restriction_dict={'range': ['0..65535']}, int_size=16)(8080)
+_T113 = RestrictedClassType(base_type=str, restriction_dict={'pattern': '/.*'})
+_T114 = RestrictedClassType(base_type=str, restriction_dict={'length': ['16..256']})
+_T115 = YANGListType('session_id', yc_session_dots_agent__dots_agent_client_sessions_session, yang_name='session', is_container='list', user_ordered=False, yang_keys='session-id', extensions=None)
+_T116 = YANGListType('code', yc_responses_dots_agent__dots_agent_client_statistics_responses, yang_name='responses', is_container='list', user_ordered=False, yang_keys='code', extensions=None)
+_T117 = YANGListType('name', yc_server_dots_agent__dots_agent_client_server, yang_name='server', is_container='list', user_ordered=True, yang_keys='name', extensions=None)
+_T118 = YANGListType('name', yc_mitigation_request_dots_agent__dots_agent_client_mitigation_request, yang_name='mitigation-request', is_container='list', user_ordered=False, yang_keys='name', extensions=None)
+_T119 = RestrictedClassType(base_type=int, restriction_dict={'range': ['0..65535']}, int_size=16)(830)
+_T120 = YANGListType('name', yc_endpoint_dots_agent__dots_agent_management_netconf_endpoint, yang_name='endpoint', is_container='list', user_ordered=False, yang_keys='name', extensions=None)
+_T121 = RestrictedClassType(base_type=int, restriction_dict={'range': ['0..65535']}, int_size=16)(443)
+_T122 = YANGListType('name', yc_endpoint_dots_agent__dots_agent_management_restconf_endpoint, yang_name='endpoint', is_container='list', user_ordered=False, yang_keys='name', extensions=None)
+_T123 = RestrictedClassType(base_type=str, restriction_dict={'pattern': '$0$.*|$1$[a-zA-Z0-9./]{1,8}$[a-zA-Z0-9./]{22}|$5$(rounds=\\d+$)?[a-zA-Z0-9./]{1,16}$[a-zA-Z0-9./]{43}|$6$(rounds=\\d+$)?[a-zA-Z0-9./]{1,16}$[a-zA-Z0-9./]{86}'})
+_T124 = YANGListType('name', yc_ssh_public_key_dots_agent__dots_agent_management_user_ssh_public_key, yang_name='ssh-public-key', is_container='list', user_ordered=False, yang_keys='name', extensions=None)
+_T125 = YANGListType('name', yc_user_dots_agent__dots_agent_management_user, yang_name='user', is_container='list', user_ordered=False, yang_keys='name', extensions=None)
 _D0 = dyn_factory(base=_T0, is_leaf=True, yang_name='identity', register_paths=True, is_keyval=True, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='string', is_config=True)
 _D1 = dyn_factory(base=_T1, is_leaf=True, yang_name='key', register_paths=True, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='yang:hex-string', is_config=True)
 _D2 = dyn_factory(base=_T2, is_leaf=True, yang_name='name', register_paths=True, is_keyval=True, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='string', is_config=True)
@@ -32981,7 +37558,7 @@ _D136 = dyn_factory(unique=True, base=_T47, is_leaf=False, yang_name='target-uri
 _D137 = dyn_factory(unique=True, base=_T47, is_leaf=False, yang_name='alias-name', register_paths=True, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='string', is_config=False)
 _D138 = dyn_factory(base=_T41, is_leaf=True, yang_name='mid', register_paths=True, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='mid', is_config=False)
 _D139 = dyn_factory(base=_T65, is_leaf=True, yang_name='conflict-status', register_paths=True, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='iana-dots-signal:conflict-status', is_config=False)
-_D140 = dyn_factory(base=_T66, is_leaf=True, yang_name='conflict-cause', register_paths=True, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='iana-dots-signal:conflict-cause', is_config=False)
+_D140 = dyn_factory(base=_T66, is_leaf=True, yang_name='conflict-cause', register_paths=True, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='conflict-cause', is_config=False)
 _D141 = dyn_factory(base=_T41, is_leaf=True, yang_name='retry-timer', register_paths=True, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='uint32', is_config=False)
 _D142 = dyn_factory(base=yc_conflict_scope_dots_agent__dots_agent_server_mitigations_mitigation_scope_conflict_information_conflict_scope, is_container='container', yang_name='conflict-scope', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=False)
 _D143 = dyn_factory(base=_T67, is_container='list', yang_name='target-port-range', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='list', is_config=False)
@@ -33052,131 +37629,154 @@ _D207 = dyn_factory(base=_T59, is_leaf=True, yang_name='received', register_path
 _D208 = dyn_factory(base=_T59, is_leaf=True, yang_name='expires', register_paths=True, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='yang:date-and-time', is_config=False)
 _D209 = dyn_factory(base=yc_scope_dots_agent__dots_agent_call_home_call_home_server_pending_approvals_pending_approval_scope, is_container='container', yang_name='scope', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=False)
 _D210 = dyn_factory(base=_T86, is_container='list', yang_name='pending-approval', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='list', is_config=False)
-_D211 = dyn_factory(base=_T87, is_container='list', yang_name='peer', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='list', is_config=True)
-_D212 = dyn_factory(unique=True, base=_T45, is_leaf=False, yang_name='internal-prefix', register_paths=True, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='inet:ip-prefix', is_config=True)
-_D213 = dyn_factory(base=_T78, default=_T42, is_leaf=True, yang_name='approval-timeout', register_paths=True, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='uint32', is_config=True)
-_D214 = dyn_factory(base=yc_nat44_dots_agent__dots_agent_call_home_call_home_server_nat44, is_container='container', yang_name='nat44', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=True)
-_D215 = dyn_factory(base=yc_mitigator_dots_agent__dots_agent_call_home_call_home_server_mitigator, is_container='container', yang_name='mitigator', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=True)
-_D216 = dyn_factory(base=yc_pending_approvals_dots_agent__dots_agent_call_home_call_home_server_pending_approvals, is_container='container', yang_name='pending-approvals', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=False)
-_D217 = dyn_factory(base=_T89, is_container='list', yang_name='endpoint', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='list', is_config=True)
-_D218 = dyn_factory(base=yc_listen_dots_agent__dots_agent_call_home_call_home_client_listen, is_container='container', yang_name='listen', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=True)
-_D219 = dyn_factory(base=yc_heartbeat_interval_dots_agent__dots_agent_call_home_sessions_session_negotiated_config_mitigating_config_heartbeat_interval, is_container='container', yang_name='heartbeat-interval', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=False)
-_D220 = dyn_factory(base=yc_missing_hb_allowed_dots_agent__dots_agent_call_home_sessions_session_negotiated_config_mitigating_config_missing_hb_allowed, is_container='container', yang_name='missing-hb-allowed', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=False)
-_D221 = dyn_factory(base=yc_probing_rate_dots_agent__dots_agent_call_home_sessions_session_negotiated_config_mitigating_config_probing_rate, is_container='container', yang_name='probing-rate', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=False)
-_D222 = dyn_factory(base=yc_max_retransmit_dots_agent__dots_agent_call_home_sessions_session_negotiated_config_mitigating_config_max_retransmit, is_container='container', yang_name='max-retransmit', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=False)
-_D223 = dyn_factory(base=yc_ack_timeout_dots_agent__dots_agent_call_home_sessions_session_negotiated_config_mitigating_config_ack_timeout, is_container='container', yang_name='ack-timeout', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=False)
-_D224 = dyn_factory(base=yc_ack_random_factor_dots_agent__dots_agent_call_home_sessions_session_negotiated_config_mitigating_config_ack_random_factor, is_container='container', yang_name='ack-random-factor', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=False)
-_D225 = dyn_factory(base=yc_heartbeat_interval_dots_agent__dots_agent_call_home_sessions_session_negotiated_config_idle_config_heartbeat_interval, is_container='container', yang_name='heartbeat-interval', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=False)
-_D226 = dyn_factory(base=yc_missing_hb_allowed_dots_agent__dots_agent_call_home_sessions_session_negotiated_config_idle_config_missing_hb_allowed, is_container='container', yang_name='missing-hb-allowed', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=False)
-_D227 = dyn_factory(base=yc_probing_rate_dots_agent__dots_agent_call_home_sessions_session_negotiated_config_idle_config_probing_rate, is_container='container', yang_name='probing-rate', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=False)
-_D228 = dyn_factory(base=yc_max_retransmit_dots_agent__dots_agent_call_home_sessions_session_negotiated_config_idle_config_max_retransmit, is_container='container', yang_name='max-retransmit', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=False)
-_D229 = dyn_factory(base=yc_ack_timeout_dots_agent__dots_agent_call_home_sessions_session_negotiated_config_idle_config_ack_timeout, is_container='container', yang_name='ack-timeout', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=False)
-_D230 = dyn_factory(base=yc_ack_random_factor_dots_agent__dots_agent_call_home_sessions_session_negotiated_config_idle_config_ack_random_factor, is_container='container', yang_name='ack-random-factor', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=False)
-_D231 = dyn_factory(base=yc_mitigating_config_dots_agent__dots_agent_call_home_sessions_session_negotiated_config_mitigating_config, is_container='container', yang_name='mitigating-config', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=False)
-_D232 = dyn_factory(base=yc_idle_config_dots_agent__dots_agent_call_home_sessions_session_negotiated_config_idle_config, is_container='container', yang_name='idle-config', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=False)
-_D233 = dyn_factory(base=yc_negotiated_config_dots_agent__dots_agent_call_home_sessions_session_negotiated_config, is_container='container', yang_name='negotiated-config', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=False)
-_D234 = dyn_factory(base=yc_heartbeat_dots_agent__dots_agent_call_home_sessions_session_heartbeat, is_container='container', yang_name='heartbeat', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=False)
-_D235 = dyn_factory(base=_T90, is_container='list', yang_name='session', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='list', is_config=False)
-_D236 = dyn_factory(base=yc_call_home_server_dots_agent__dots_agent_call_home_call_home_server, is_container='container', yang_name='call-home-server', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=True)
-_D237 = dyn_factory(base=yc_call_home_client_dots_agent__dots_agent_call_home_call_home_client, is_container='container', yang_name='call-home-client', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=True)
-_D238 = dyn_factory(base=yc_sessions_dots_agent__dots_agent_call_home_sessions, is_container='container', yang_name='sessions', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=False)
-_D239 = dyn_factory(unique=True, base=_T91, is_leaf=False, yang_name='address', register_paths=True, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='inet:host', is_config=True)
-_D240 = dyn_factory(unique=True, base=_T92, is_leaf=False, yang_name='transport', register_paths=True, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='signal-transport', is_config=True)
-_D241 = dyn_factory(base=_T39, is_leaf=True, yang_name='server-name', register_paths=True, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='inet:domain-name', is_config=True)
-_D242 = dyn_factory(base=_T93, default=_T94, is_leaf=True, yang_name='connection-attempt-delay', register_paths=True, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='uint16', is_config=True)
-_D243 = dyn_factory(base=_T96, default=_T32, is_leaf=True, yang_name='cache-lifetime', register_paths=True, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='uint32', is_config=True)
-_D244 = dyn_factory(base=_T13, is_leaf=True, yang_name='max-value', choice=('direction', 'server-to-client-only'), register_paths=True, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='uint16', is_config=True)
-_D245 = dyn_factory(base=_T13, is_leaf=True, yang_name='min-value', choice=('direction', 'server-to-client-only'), register_paths=True, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='uint16', is_config=True)
-_D246 = dyn_factory(base=_T21, is_leaf=True, yang_name='max-value-decimal', choice=('direction', 'server-to-client-only'), register_paths=True, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='decimal64', is_config=True)
-_D247 = dyn_factory(base=_T21, is_leaf=True, yang_name='min-value-decimal', choice=('direction', 'server-to-client-only'), register_paths=True, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='decimal64', is_config=True)
-_D248 = dyn_factory(base=yc_heartbeat_interval_dots_agent__dots_agent_client_session_config_mitigating_config_heartbeat_interval, is_container='container', yang_name='heartbeat-interval', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=True)
-_D249 = dyn_factory(base=yc_missing_hb_allowed_dots_agent__dots_agent_client_session_config_mitigating_config_missing_hb_allowed, is_container='container', yang_name='missing-hb-allowed', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=True)
-_D250 = dyn_factory(base=yc_probing_rate_dots_agent__dots_agent_client_session_config_mitigating_config_probing_rate, is_container='container', yang_name='probing-rate', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=True)
-_D251 = dyn_factory(base=yc_max_retransmit_dots_agent__dots_agent_client_session_config_mitigating_config_max_retransmit, is_container='container', yang_name='max-retransmit', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=True)
-_D252 = dyn_factory(base=yc_ack_timeout_dots_agent__dots_agent_client_session_config_mitigating_config_ack_timeout, is_container='container', yang_name='ack-timeout', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=True)
-_D253 = dyn_factory(base=yc_ack_random_factor_dots_agent__dots_agent_client_session_config_mitigating_config_ack_random_factor, is_container='container', yang_name='ack-random-factor', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=True)
-_D254 = dyn_factory(base=yc_heartbeat_interval_dots_agent__dots_agent_client_session_config_idle_config_heartbeat_interval, is_container='container', yang_name='heartbeat-interval', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=True)
-_D255 = dyn_factory(base=yc_missing_hb_allowed_dots_agent__dots_agent_client_session_config_idle_config_missing_hb_allowed, is_container='container', yang_name='missing-hb-allowed', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=True)
-_D256 = dyn_factory(base=yc_probing_rate_dots_agent__dots_agent_client_session_config_idle_config_probing_rate, is_container='container', yang_name='probing-rate', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=True)
-_D257 = dyn_factory(base=yc_max_retransmit_dots_agent__dots_agent_client_session_config_idle_config_max_retransmit, is_container='container', yang_name='max-retransmit', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=True)
-_D258 = dyn_factory(base=yc_ack_timeout_dots_agent__dots_agent_client_session_config_idle_config_ack_timeout, is_container='container', yang_name='ack-timeout', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=True)
-_D259 = dyn_factory(base=yc_ack_random_factor_dots_agent__dots_agent_client_session_config_idle_config_ack_random_factor, is_container='container', yang_name='ack-random-factor', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=True)
-_D260 = dyn_factory(base=yc_mitigating_config_dots_agent__dots_agent_client_session_config_mitigating_config, is_container='container', yang_name='mitigating-config', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=True)
-_D261 = dyn_factory(base=yc_idle_config_dots_agent__dots_agent_client_session_config_idle_config, is_container='container', yang_name='idle-config', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=True)
-_D262 = dyn_factory(base=_T10, is_leaf=True, yang_name='lower-port', register_paths=True, is_keyval=True, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='inet:port-number', is_config=True)
-_D263 = dyn_factory(base=_T10, is_leaf=True, yang_name='upper-port', register_paths=True, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='inet:port-number', is_config=True)
-_D264 = dyn_factory(base=_T80, is_leaf=True, yang_name='lower-type', register_paths=True, is_keyval=True, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='uint8', is_config=True)
-_D265 = dyn_factory(base=_T80, is_leaf=True, yang_name='upper-type', register_paths=True, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='uint8', is_config=True)
-_D266 = dyn_factory(unique=True, base=_T45, is_leaf=False, yang_name='source-prefix', register_paths=True, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='inet:ip-prefix', is_config=True)
-_D267 = dyn_factory(base=_T97, is_container='list', yang_name='source-port-range', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='list', is_config=True)
-_D268 = dyn_factory(base=_T98, is_container='list', yang_name='source-icmp-type-range', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='list', is_config=True)
-_D269 = dyn_factory(unique=True, base=_T45, is_leaf=False, yang_name='target-prefix', register_paths=True, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='inet:ip-prefix', is_config=True)
-_D270 = dyn_factory(base=_T99, is_container='list', yang_name='target-port-range', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='list', is_config=True)
-_D271 = dyn_factory(unique=True, base=_T64, is_leaf=False, yang_name='target-protocol', register_paths=True, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='uint8', is_config=True)
-_D272 = dyn_factory(unique=True, base=_T46, is_leaf=False, yang_name='target-fqdn', register_paths=True, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='inet:domain-name', is_config=True)
-_D273 = dyn_factory(unique=True, base=_T47, is_leaf=False, yang_name='target-uri', register_paths=True, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='inet:uri', is_config=True)
-_D274 = dyn_factory(unique=True, base=_T47, is_leaf=False, yang_name='alias-name', register_paths=True, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='string', is_config=True)
-_D275 = dyn_factory(base=[_T41, _T68], default=_T69, is_leaf=True, yang_name='lifetime', register_paths=True, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='mitigation-lifetime', is_config=True)
-_D276 = dyn_factory(base=YANGBool, default=_T9, is_leaf=True, yang_name='trigger-mitigation', register_paths=True, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='boolean', is_config=True)
-_D277 = dyn_factory(base=yc_attack_source_dots_agent__dots_agent_client_mitigation_request_scope_attack_source, is_container='container', yang_name='attack-source', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=True)
-_D278 = dyn_factory(base=_T100, is_container='list', yang_name='target-port-range', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='list', is_config=False)
-_D279 = dyn_factory(base=yc_conflict_scope_dots_agent__dots_agent_client_mitigation_request_state_scope_conflict_information_conflict_scope, is_container='container', yang_name='conflict-scope', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=False)
-_D280 = dyn_factory(base=_T101, is_container='list', yang_name='target-port-range', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='list', is_config=False)
-_D281 = dyn_factory(base=yc_conflict_information_dots_agent__dots_agent_client_mitigation_request_state_scope_conflict_information, is_container='container', yang_name='conflict-information', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=False)
-_D282 = dyn_factory(base=str, is_leaf=True, yang_name='server', register_paths=True, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='string', is_config=False)
-_D283 = dyn_factory(base=_T75, is_leaf=True, yang_name='last-response-code', register_paths=True, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='response-code', is_config=False)
-_D284 = dyn_factory(base=_T59, is_leaf=True, yang_name='last-update', register_paths=True, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='yang:date-and-time', is_config=False)
-_D285 = dyn_factory(base=yc_scope_dots_agent__dots_agent_client_mitigation_request_state_scope, is_container='container', yang_name='scope', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=False)
-_D286 = dyn_factory(base=str, is_leaf=True, yang_name='server', register_paths=True, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='leafref', is_config=True)
-_D287 = dyn_factory(base=yc_scope_dots_agent__dots_agent_client_mitigation_request_scope, is_container='container', yang_name='scope', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=True)
-_D288 = dyn_factory(base=yc_state_dots_agent__dots_agent_client_mitigation_request_state, is_container='container', yang_name='state', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=False)
-_D289 = dyn_factory(base=_T10, default=_T102, is_leaf=True, yang_name='port', register_paths=True, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='inet:port-number', is_config=True)
-_D290 = dyn_factory(base=_T104, is_leaf=True, yang_name='token', register_paths=True, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='string', is_config=True)
-_D291 = dyn_factory(base=[_T41, _T68], default=_T69, is_leaf=True, yang_name='default-lifetime', register_paths=True, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='mitigation-lifetime', is_config=True)
-_D292 = dyn_factory(base=yc_heartbeat_interval_dots_agent__dots_agent_client_sessions_session_negotiated_config_mitigating_config_heartbeat_interval, is_container='container', yang_name='heartbeat-interval', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=False)
-_D293 = dyn_factory(base=yc_missing_hb_allowed_dots_agent__dots_agent_client_sessions_session_negotiated_config_mitigating_config_missing_hb_allowed, is_container='container', yang_name='missing-hb-allowed', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=False)
-_D294 = dyn_factory(base=yc_probing_rate_dots_agent__dots_agent_client_sessions_session_negotiated_config_mitigating_config_probing_rate, is_container='container', yang_name='probing-rate', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=False)
-_D295 = dyn_factory(base=yc_max_retransmit_dots_agent__dots_agent_client_sessions_session_negotiated_config_mitigating_config_max_retransmit, is_container='container', yang_name='max-retransmit', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=False)
-_D296 = dyn_factory(base=yc_ack_timeout_dots_agent__dots_agent_client_sessions_session_negotiated_config_mitigating_config_ack_timeout, is_container='container', yang_name='ack-timeout', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=False)
-_D297 = dyn_factory(base=yc_ack_random_factor_dots_agent__dots_agent_client_sessions_session_negotiated_config_mitigating_config_ack_random_factor, is_container='container', yang_name='ack-random-factor', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=False)
-_D298 = dyn_factory(base=yc_heartbeat_interval_dots_agent__dots_agent_client_sessions_session_negotiated_config_idle_config_heartbeat_interval, is_container='container', yang_name='heartbeat-interval', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=False)
-_D299 = dyn_factory(base=yc_missing_hb_allowed_dots_agent__dots_agent_client_sessions_session_negotiated_config_idle_config_missing_hb_allowed, is_container='container', yang_name='missing-hb-allowed', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=False)
-_D300 = dyn_factory(base=yc_probing_rate_dots_agent__dots_agent_client_sessions_session_negotiated_config_idle_config_probing_rate, is_container='container', yang_name='probing-rate', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=False)
-_D301 = dyn_factory(base=yc_max_retransmit_dots_agent__dots_agent_client_sessions_session_negotiated_config_idle_config_max_retransmit, is_container='container', yang_name='max-retransmit', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=False)
-_D302 = dyn_factory(base=yc_ack_timeout_dots_agent__dots_agent_client_sessions_session_negotiated_config_idle_config_ack_timeout, is_container='container', yang_name='ack-timeout', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=False)
-_D303 = dyn_factory(base=yc_ack_random_factor_dots_agent__dots_agent_client_sessions_session_negotiated_config_idle_config_ack_random_factor, is_container='container', yang_name='ack-random-factor', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=False)
-_D304 = dyn_factory(base=yc_mitigating_config_dots_agent__dots_agent_client_sessions_session_negotiated_config_mitigating_config, is_container='container', yang_name='mitigating-config', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=False)
-_D305 = dyn_factory(base=yc_idle_config_dots_agent__dots_agent_client_sessions_session_negotiated_config_idle_config, is_container='container', yang_name='idle-config', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=False)
-_D306 = dyn_factory(base=yc_negotiated_config_dots_agent__dots_agent_client_sessions_session_negotiated_config, is_container='container', yang_name='negotiated-config', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=False)
-_D307 = dyn_factory(base=yc_heartbeat_dots_agent__dots_agent_client_sessions_session_heartbeat, is_container='container', yang_name='heartbeat', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=False)
-_D308 = dyn_factory(base=_T105, is_container='list', yang_name='session', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='list', is_config=False)
-_D309 = dyn_factory(base=_T70, is_leaf=True, yang_name='requests-sent', register_paths=True, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='yang:counter64', is_config=False)
-_D310 = dyn_factory(base=_T70, is_leaf=True, yang_name='alerts-received', register_paths=True, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='yang:counter64', is_config=False)
-_D311 = dyn_factory(base=_T70, is_leaf=True, yang_name='redirects-received', register_paths=True, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='yang:counter64', is_config=False)
-_D312 = dyn_factory(base=_T106, is_container='list', yang_name='responses', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='list', is_config=False)
-_D313 = dyn_factory(base=_T107, is_container='list', yang_name='server', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='list', is_config=True)
-_D314 = dyn_factory(base=yc_happy_eyeballs_dots_agent__dots_agent_client_happy_eyeballs, is_container='container', yang_name='happy-eyeballs', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=True)
-_D315 = dyn_factory(base=yc_session_config_dots_agent__dots_agent_client_session_config, is_container='container', yang_name='session-config', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=True)
-_D316 = dyn_factory(base=_T108, is_container='list', yang_name='mitigation-request', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='list', is_config=True)
-_D317 = dyn_factory(base=yc_alert_endpoint_dots_agent__dots_agent_client_alert_endpoint, is_container='container', yang_name='alert-endpoint', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=True)
-_D318 = dyn_factory(base=yc_sessions_dots_agent__dots_agent_client_sessions, is_container='container', yang_name='sessions', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=False)
-_D319 = dyn_factory(base=yc_statistics_dots_agent__dots_agent_client_statistics, is_container='container', yang_name='statistics', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=False)
-_D320 = dyn_factory(base=_T10, default=_T109, is_leaf=True, yang_name='port', register_paths=True, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='inet:port-number', is_config=True)
-_D321 = dyn_factory(base=_T110, is_container='list', yang_name='endpoint', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='list', is_config=True)
-_D322 = dyn_factory(base=_T3, is_leaf=True, yang_name='host-key-file', register_paths=True, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='file-path', is_config=True)
-_D323 = dyn_factory(base=_T10, default=_T111, is_leaf=True, yang_name='port', register_paths=True, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='inet:port-number', is_config=True)
-_D324 = dyn_factory(base=_T112, is_container='list', yang_name='endpoint', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='list', is_config=True)
-_D325 = dyn_factory(base=str, is_leaf=True, yang_name='name', register_paths=True, is_keyval=True, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='string', is_config=True)
-_D326 = dyn_factory(base=str, is_leaf=True, yang_name='algorithm', register_paths=True, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='string', is_config=True)
-_D327 = dyn_factory(base=YANGBinary, is_leaf=True, yang_name='key-data', register_paths=True, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='binary', is_config=True)
-_D328 = dyn_factory(base=_T113, is_leaf=True, yang_name='password', register_paths=True, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='ianach:crypt-hash', is_config=True)
-_D329 = dyn_factory(base=_T114, is_container='list', yang_name='ssh-public-key', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='list', is_config=True)
-_D330 = dyn_factory(base=yc_netconf_dots_agent__dots_agent_management_netconf, is_container='container', yang_name='netconf', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=True)
-_D331 = dyn_factory(base=yc_restconf_dots_agent__dots_agent_management_restconf, is_container='container', yang_name='restconf', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=True)
-_D332 = dyn_factory(base=_T115, is_container='list', yang_name='user', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='list', is_config=True)
-_D333 = dyn_factory(base=yc_credentials_dots_agent__dots_agent_credentials, is_container='container', yang_name='credentials', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=True)
-_D334 = dyn_factory(base=yc_server_dots_agent__dots_agent_server, is_container='container', yang_name='server', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=True)
-_D335 = dyn_factory(base=yc_call_home_dots_agent__dots_agent_call_home, is_container='container', yang_name='call-home', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=True)
-_D336 = dyn_factory(base=yc_client_dots_agent__dots_agent_client, is_container='container', yang_name='client', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=True)
-_D337 = dyn_factory(base=yc_management_dots_agent__dots_agent_management, is_container='container', yang_name='management', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=True)
-_D338 = dyn_factory(base=yc_dots_agent_dots_agent__dots_agent, is_container='container', yang_name='dots-agent', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=True)
+_D211 = dyn_factory(base=_T87, is_container='list', yang_name='target-port-range', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='list', is_config=False)
+_D212 = dyn_factory(base=yc_conflict_scope_dots_agent__dots_agent_call_home_call_home_server_mitigations_mitigation_scope_conflict_information_conflict_scope, is_container='container', yang_name='conflict-scope', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=False)
+_D213 = dyn_factory(base=_T88, is_container='list', yang_name='target-port-range', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='list', is_config=False)
+_D214 = dyn_factory(base=yc_conflict_information_dots_agent__dots_agent_call_home_call_home_server_mitigations_mitigation_scope_conflict_information, is_container='container', yang_name='conflict-information', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=False)
+_D215 = dyn_factory(base=_T89, is_container='list', yang_name='source-port-range', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='list', is_config=False)
+_D216 = dyn_factory(base=_T90, is_container='list', yang_name='source-icmp-type-range', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='list', is_config=False)
+_D217 = dyn_factory(base=YANGBool, is_leaf=True, yang_name='pending-consent', register_paths=True, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='boolean', is_config=False)
+_D218 = dyn_factory(unique=True, base=_T45, is_leaf=False, yang_name='enforced-source-prefix', register_paths=True, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='inet:ip-prefix', is_config=False)
+_D219 = dyn_factory(base=yc_scope_dots_agent__dots_agent_call_home_call_home_server_mitigations_mitigation_scope, is_container='container', yang_name='scope', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=False)
+_D220 = dyn_factory(base=_T91, is_container='list', yang_name='mitigation', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='list', is_config=False)
+_D221 = dyn_factory(base=_T92, is_container='list', yang_name='peer', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='list', is_config=True)
+_D222 = dyn_factory(unique=True, base=_T45, is_leaf=False, yang_name='internal-prefix', register_paths=True, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='inet:ip-prefix', is_config=True)
+_D223 = dyn_factory(base=_T78, default=_T42, is_leaf=True, yang_name='approval-timeout', register_paths=True, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='uint32', is_config=True)
+_D224 = dyn_factory(base=yc_nat44_dots_agent__dots_agent_call_home_call_home_server_nat44, is_container='container', yang_name='nat44', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=True)
+_D225 = dyn_factory(base=yc_mitigator_dots_agent__dots_agent_call_home_call_home_server_mitigator, is_container='container', yang_name='mitigator', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=True)
+_D226 = dyn_factory(base=yc_pending_approvals_dots_agent__dots_agent_call_home_call_home_server_pending_approvals, is_container='container', yang_name='pending-approvals', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=False)
+_D227 = dyn_factory(base=yc_mitigations_dots_agent__dots_agent_call_home_call_home_server_mitigations, is_container='container', yang_name='mitigations', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=False)
+_D228 = dyn_factory(base=_T94, is_container='list', yang_name='endpoint', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='list', is_config=True)
+_D229 = dyn_factory(base=_T95, is_container='list', yang_name='target-port-range', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='list', is_config=False)
+_D230 = dyn_factory(base=yc_conflict_scope_dots_agent__dots_agent_call_home_call_home_client_requests_request_scope_conflict_information_conflict_scope, is_container='container', yang_name='conflict-scope', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=False)
+_D231 = dyn_factory(base=_T96, is_container='list', yang_name='target-port-range', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='list', is_config=False)
+_D232 = dyn_factory(base=yc_conflict_information_dots_agent__dots_agent_call_home_call_home_client_requests_request_scope_conflict_information, is_container='container', yang_name='conflict-information', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=False)
+_D233 = dyn_factory(base=_T97, is_container='list', yang_name='source-port-range', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='list', is_config=False)
+_D234 = dyn_factory(base=_T98, is_container='list', yang_name='source-icmp-type-range', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='list', is_config=False)
+_D235 = dyn_factory(base=_T43, is_leaf=True, yang_name='peer-cuid', register_paths=True, is_keyval=True, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='cuid', is_config=False)
+_D236 = dyn_factory(base=_T59, is_leaf=True, yang_name='sent', register_paths=True, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='yang:date-and-time', is_config=False)
+_D237 = dyn_factory(base=_T75, is_leaf=True, yang_name='last-response-code', register_paths=True, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='response-code', is_config=False)
+_D238 = dyn_factory(base=_T59, is_leaf=True, yang_name='last-update', register_paths=True, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='yang:date-and-time', is_config=False)
+_D239 = dyn_factory(base=yc_scope_dots_agent__dots_agent_call_home_call_home_client_requests_request_scope, is_container='container', yang_name='scope', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=False)
+_D240 = dyn_factory(base=_T99, is_container='list', yang_name='request', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='list', is_config=False)
+_D241 = dyn_factory(base=yc_listen_dots_agent__dots_agent_call_home_call_home_client_listen, is_container='container', yang_name='listen', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=True)
+_D242 = dyn_factory(base=yc_requests_dots_agent__dots_agent_call_home_call_home_client_requests, is_container='container', yang_name='requests', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=False)
+_D243 = dyn_factory(base=yc_heartbeat_interval_dots_agent__dots_agent_call_home_sessions_session_negotiated_config_mitigating_config_heartbeat_interval, is_container='container', yang_name='heartbeat-interval', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=False)
+_D244 = dyn_factory(base=yc_missing_hb_allowed_dots_agent__dots_agent_call_home_sessions_session_negotiated_config_mitigating_config_missing_hb_allowed, is_container='container', yang_name='missing-hb-allowed', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=False)
+_D245 = dyn_factory(base=yc_probing_rate_dots_agent__dots_agent_call_home_sessions_session_negotiated_config_mitigating_config_probing_rate, is_container='container', yang_name='probing-rate', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=False)
+_D246 = dyn_factory(base=yc_max_retransmit_dots_agent__dots_agent_call_home_sessions_session_negotiated_config_mitigating_config_max_retransmit, is_container='container', yang_name='max-retransmit', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=False)
+_D247 = dyn_factory(base=yc_ack_timeout_dots_agent__dots_agent_call_home_sessions_session_negotiated_config_mitigating_config_ack_timeout, is_container='container', yang_name='ack-timeout', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=False)
+_D248 = dyn_factory(base=yc_ack_random_factor_dots_agent__dots_agent_call_home_sessions_session_negotiated_config_mitigating_config_ack_random_factor, is_container='container', yang_name='ack-random-factor', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=False)
+_D249 = dyn_factory(base=yc_heartbeat_interval_dots_agent__dots_agent_call_home_sessions_session_negotiated_config_idle_config_heartbeat_interval, is_container='container', yang_name='heartbeat-interval', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=False)
+_D250 = dyn_factory(base=yc_missing_hb_allowed_dots_agent__dots_agent_call_home_sessions_session_negotiated_config_idle_config_missing_hb_allowed, is_container='container', yang_name='missing-hb-allowed', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=False)
+_D251 = dyn_factory(base=yc_probing_rate_dots_agent__dots_agent_call_home_sessions_session_negotiated_config_idle_config_probing_rate, is_container='container', yang_name='probing-rate', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=False)
+_D252 = dyn_factory(base=yc_max_retransmit_dots_agent__dots_agent_call_home_sessions_session_negotiated_config_idle_config_max_retransmit, is_container='container', yang_name='max-retransmit', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=False)
+_D253 = dyn_factory(base=yc_ack_timeout_dots_agent__dots_agent_call_home_sessions_session_negotiated_config_idle_config_ack_timeout, is_container='container', yang_name='ack-timeout', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=False)
+_D254 = dyn_factory(base=yc_ack_random_factor_dots_agent__dots_agent_call_home_sessions_session_negotiated_config_idle_config_ack_random_factor, is_container='container', yang_name='ack-random-factor', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=False)
+_D255 = dyn_factory(base=yc_mitigating_config_dots_agent__dots_agent_call_home_sessions_session_negotiated_config_mitigating_config, is_container='container', yang_name='mitigating-config', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=False)
+_D256 = dyn_factory(base=yc_idle_config_dots_agent__dots_agent_call_home_sessions_session_negotiated_config_idle_config, is_container='container', yang_name='idle-config', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=False)
+_D257 = dyn_factory(base=yc_negotiated_config_dots_agent__dots_agent_call_home_sessions_session_negotiated_config, is_container='container', yang_name='negotiated-config', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=False)
+_D258 = dyn_factory(base=yc_heartbeat_dots_agent__dots_agent_call_home_sessions_session_heartbeat, is_container='container', yang_name='heartbeat', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=False)
+_D259 = dyn_factory(base=YANGBool, is_leaf=True, yang_name='resumed', register_paths=True, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='boolean', is_config=False)
+_D260 = dyn_factory(base=_T100, is_container='list', yang_name='session', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='list', is_config=False)
+_D261 = dyn_factory(base=yc_call_home_server_dots_agent__dots_agent_call_home_call_home_server, is_container='container', yang_name='call-home-server', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=True)
+_D262 = dyn_factory(base=yc_call_home_client_dots_agent__dots_agent_call_home_call_home_client, is_container='container', yang_name='call-home-client', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=True)
+_D263 = dyn_factory(base=yc_sessions_dots_agent__dots_agent_call_home_sessions, is_container='container', yang_name='sessions', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=False)
+_D264 = dyn_factory(unique=True, base=_T101, is_leaf=False, yang_name='address', register_paths=True, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='inet:host', is_config=True)
+_D265 = dyn_factory(unique=True, base=_T102, is_leaf=False, yang_name='transport', register_paths=True, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='signal-transport', is_config=True)
+_D266 = dyn_factory(base=_T39, is_leaf=True, yang_name='server-name', register_paths=True, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='inet:domain-name', is_config=True)
+_D267 = dyn_factory(base=_T103, default=_T104, is_leaf=True, yang_name='connection-attempt-delay', register_paths=True, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='uint16', is_config=True)
+_D268 = dyn_factory(base=_T106, default=_T32, is_leaf=True, yang_name='cache-lifetime', register_paths=True, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='uint32', is_config=True)
+_D269 = dyn_factory(base=_T13, is_leaf=True, yang_name='max-value', choice=('direction', 'server-to-client-only'), register_paths=True, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='uint16', is_config=True)
+_D270 = dyn_factory(base=_T13, is_leaf=True, yang_name='min-value', choice=('direction', 'server-to-client-only'), register_paths=True, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='uint16', is_config=True)
+_D271 = dyn_factory(base=_T21, is_leaf=True, yang_name='max-value-decimal', choice=('direction', 'server-to-client-only'), register_paths=True, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='decimal64', is_config=True)
+_D272 = dyn_factory(base=_T21, is_leaf=True, yang_name='min-value-decimal', choice=('direction', 'server-to-client-only'), register_paths=True, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='decimal64', is_config=True)
+_D273 = dyn_factory(base=yc_heartbeat_interval_dots_agent__dots_agent_client_session_config_mitigating_config_heartbeat_interval, is_container='container', yang_name='heartbeat-interval', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=True)
+_D274 = dyn_factory(base=yc_missing_hb_allowed_dots_agent__dots_agent_client_session_config_mitigating_config_missing_hb_allowed, is_container='container', yang_name='missing-hb-allowed', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=True)
+_D275 = dyn_factory(base=yc_probing_rate_dots_agent__dots_agent_client_session_config_mitigating_config_probing_rate, is_container='container', yang_name='probing-rate', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=True)
+_D276 = dyn_factory(base=yc_max_retransmit_dots_agent__dots_agent_client_session_config_mitigating_config_max_retransmit, is_container='container', yang_name='max-retransmit', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=True)
+_D277 = dyn_factory(base=yc_ack_timeout_dots_agent__dots_agent_client_session_config_mitigating_config_ack_timeout, is_container='container', yang_name='ack-timeout', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=True)
+_D278 = dyn_factory(base=yc_ack_random_factor_dots_agent__dots_agent_client_session_config_mitigating_config_ack_random_factor, is_container='container', yang_name='ack-random-factor', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=True)
+_D279 = dyn_factory(base=yc_heartbeat_interval_dots_agent__dots_agent_client_session_config_idle_config_heartbeat_interval, is_container='container', yang_name='heartbeat-interval', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=True)
+_D280 = dyn_factory(base=yc_missing_hb_allowed_dots_agent__dots_agent_client_session_config_idle_config_missing_hb_allowed, is_container='container', yang_name='missing-hb-allowed', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=True)
+_D281 = dyn_factory(base=yc_probing_rate_dots_agent__dots_agent_client_session_config_idle_config_probing_rate, is_container='container', yang_name='probing-rate', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=True)
+_D282 = dyn_factory(base=yc_max_retransmit_dots_agent__dots_agent_client_session_config_idle_config_max_retransmit, is_container='container', yang_name='max-retransmit', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=True)
+_D283 = dyn_factory(base=yc_ack_timeout_dots_agent__dots_agent_client_session_config_idle_config_ack_timeout, is_container='container', yang_name='ack-timeout', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=True)
+_D284 = dyn_factory(base=yc_ack_random_factor_dots_agent__dots_agent_client_session_config_idle_config_ack_random_factor, is_container='container', yang_name='ack-random-factor', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=True)
+_D285 = dyn_factory(base=yc_mitigating_config_dots_agent__dots_agent_client_session_config_mitigating_config, is_container='container', yang_name='mitigating-config', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=True)
+_D286 = dyn_factory(base=yc_idle_config_dots_agent__dots_agent_client_session_config_idle_config, is_container='container', yang_name='idle-config', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=True)
+_D287 = dyn_factory(base=_T10, is_leaf=True, yang_name='lower-port', register_paths=True, is_keyval=True, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='inet:port-number', is_config=True)
+_D288 = dyn_factory(base=_T10, is_leaf=True, yang_name='upper-port', register_paths=True, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='inet:port-number', is_config=True)
+_D289 = dyn_factory(base=_T80, is_leaf=True, yang_name='lower-type', register_paths=True, is_keyval=True, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='uint8', is_config=True)
+_D290 = dyn_factory(base=_T80, is_leaf=True, yang_name='upper-type', register_paths=True, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='uint8', is_config=True)
+_D291 = dyn_factory(unique=True, base=_T45, is_leaf=False, yang_name='source-prefix', register_paths=True, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='inet:ip-prefix', is_config=True)
+_D292 = dyn_factory(base=_T107, is_container='list', yang_name='source-port-range', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='list', is_config=True)
+_D293 = dyn_factory(base=_T108, is_container='list', yang_name='source-icmp-type-range', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='list', is_config=True)
+_D294 = dyn_factory(unique=True, base=_T45, is_leaf=False, yang_name='target-prefix', register_paths=True, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='inet:ip-prefix', is_config=True)
+_D295 = dyn_factory(base=_T109, is_container='list', yang_name='target-port-range', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='list', is_config=True)
+_D296 = dyn_factory(unique=True, base=_T64, is_leaf=False, yang_name='target-protocol', register_paths=True, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='uint8', is_config=True)
+_D297 = dyn_factory(unique=True, base=_T46, is_leaf=False, yang_name='target-fqdn', register_paths=True, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='inet:domain-name', is_config=True)
+_D298 = dyn_factory(unique=True, base=_T47, is_leaf=False, yang_name='target-uri', register_paths=True, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='inet:uri', is_config=True)
+_D299 = dyn_factory(unique=True, base=_T47, is_leaf=False, yang_name='alias-name', register_paths=True, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='string', is_config=True)
+_D300 = dyn_factory(base=[_T41, _T68], default=_T69, is_leaf=True, yang_name='lifetime', register_paths=True, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='mitigation-lifetime', is_config=True)
+_D301 = dyn_factory(base=YANGBool, default=_T9, is_leaf=True, yang_name='trigger-mitigation', register_paths=True, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='boolean', is_config=True)
+_D302 = dyn_factory(base=yc_attack_source_dots_agent__dots_agent_client_mitigation_request_scope_attack_source, is_container='container', yang_name='attack-source', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=True)
+_D303 = dyn_factory(base=_T110, is_container='list', yang_name='target-port-range', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='list', is_config=False)
+_D304 = dyn_factory(base=yc_conflict_scope_dots_agent__dots_agent_client_mitigation_request_state_scope_conflict_information_conflict_scope, is_container='container', yang_name='conflict-scope', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=False)
+_D305 = dyn_factory(base=_T111, is_container='list', yang_name='target-port-range', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='list', is_config=False)
+_D306 = dyn_factory(base=yc_conflict_information_dots_agent__dots_agent_client_mitigation_request_state_scope_conflict_information, is_container='container', yang_name='conflict-information', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=False)
+_D307 = dyn_factory(base=str, is_leaf=True, yang_name='server', register_paths=True, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='string', is_config=False)
+_D308 = dyn_factory(base=yc_scope_dots_agent__dots_agent_client_mitigation_request_state_scope, is_container='container', yang_name='scope', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=False)
+_D309 = dyn_factory(base=str, is_leaf=True, yang_name='server', register_paths=True, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='leafref', is_config=True)
+_D310 = dyn_factory(base=yc_scope_dots_agent__dots_agent_client_mitigation_request_scope, is_container='container', yang_name='scope', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=True)
+_D311 = dyn_factory(base=yc_state_dots_agent__dots_agent_client_mitigation_request_state, is_container='container', yang_name='state', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=False)
+_D312 = dyn_factory(base=_T10, default=_T112, is_leaf=True, yang_name='port', register_paths=True, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='inet:port-number', is_config=True)
+_D313 = dyn_factory(base=_T114, is_leaf=True, yang_name='token', register_paths=True, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='string', is_config=True)
+_D314 = dyn_factory(base=[_T41, _T68], default=_T69, is_leaf=True, yang_name='default-lifetime', register_paths=True, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='mitigation-lifetime', is_config=True)
+_D315 = dyn_factory(base=yc_heartbeat_interval_dots_agent__dots_agent_client_sessions_session_negotiated_config_mitigating_config_heartbeat_interval, is_container='container', yang_name='heartbeat-interval', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=False)
+_D316 = dyn_factory(base=yc_missing_hb_allowed_dots_agent__dots_agent_client_sessions_session_negotiated_config_mitigating_config_missing_hb_allowed, is_container='container', yang_name='missing-hb-allowed', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=False)
+_D317 = dyn_factory(base=yc_probing_rate_dots_agent__dots_agent_client_sessions_session_negotiated_config_mitigating_config_probing_rate, is_container='container', yang_name='probing-rate', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=False)
+_D318 = dyn_factory(base=yc_max_retransmit_dots_agent__dots_agent_client_sessions_session_negotiated_config_mitigating_config_max_retransmit, is_container='container', yang_name='max-retransmit', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=False)
+_D319 = dyn_factory(base=yc_ack_timeout_dots_agent__dots_agent_client_sessions_session_negotiated_config_mitigating_config_ack_timeout, is_container='container', yang_name='ack-timeout', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=False)
+_D320 = dyn_factory(base=yc_ack_random_factor_dots_agent__dots_agent_client_sessions_session_negotiated_config_mitigating_config_ack_random_factor, is_container='container', yang_name='ack-random-factor', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=False)
+_D321 = dyn_factory(base=yc_heartbeat_interval_dots_agent__dots_agent_client_sessions_session_negotiated_config_idle_config_heartbeat_interval, is_container='container', yang_name='heartbeat-interval', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=False)
+_D322 = dyn_factory(base=yc_missing_hb_allowed_dots_agent__dots_agent_client_sessions_session_negotiated_config_idle_config_missing_hb_allowed, is_container='container', yang_name='missing-hb-allowed', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=False)
+_D323 = dyn_factory(base=yc_probing_rate_dots_agent__dots_agent_client_sessions_session_negotiated_config_idle_config_probing_rate, is_container='container', yang_name='probing-rate', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=False)
+_D324 = dyn_factory(base=yc_max_retransmit_dots_agent__dots_agent_client_sessions_session_negotiated_config_idle_config_max_retransmit, is_container='container', yang_name='max-retransmit', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=False)
+_D325 = dyn_factory(base=yc_ack_timeout_dots_agent__dots_agent_client_sessions_session_negotiated_config_idle_config_ack_timeout, is_container='container', yang_name='ack-timeout', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=False)
+_D326 = dyn_factory(base=yc_ack_random_factor_dots_agent__dots_agent_client_sessions_session_negotiated_config_idle_config_ack_random_factor, is_container='container', yang_name='ack-random-factor', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=False)
+_D327 = dyn_factory(base=yc_mitigating_config_dots_agent__dots_agent_client_sessions_session_negotiated_config_mitigating_config, is_container='container', yang_name='mitigating-config', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=False)
+_D328 = dyn_factory(base=yc_idle_config_dots_agent__dots_agent_client_sessions_session_negotiated_config_idle_config, is_container='container', yang_name='idle-config', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=False)
+_D329 = dyn_factory(base=yc_negotiated_config_dots_agent__dots_agent_client_sessions_session_negotiated_config, is_container='container', yang_name='negotiated-config', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=False)
+_D330 = dyn_factory(base=yc_heartbeat_dots_agent__dots_agent_client_sessions_session_heartbeat, is_container='container', yang_name='heartbeat', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=False)
+_D331 = dyn_factory(base=_T115, is_container='list', yang_name='session', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='list', is_config=False)
+_D332 = dyn_factory(base=_T70, is_leaf=True, yang_name='requests-sent', register_paths=True, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='yang:counter64', is_config=False)
+_D333 = dyn_factory(base=_T70, is_leaf=True, yang_name='alerts-received', register_paths=True, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='yang:counter64', is_config=False)
+_D334 = dyn_factory(base=_T70, is_leaf=True, yang_name='redirects-received', register_paths=True, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='yang:counter64', is_config=False)
+_D335 = dyn_factory(base=_T116, is_container='list', yang_name='responses', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='list', is_config=False)
+_D336 = dyn_factory(base=_T117, is_container='list', yang_name='server', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='list', is_config=True)
+_D337 = dyn_factory(base=yc_happy_eyeballs_dots_agent__dots_agent_client_happy_eyeballs, is_container='container', yang_name='happy-eyeballs', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=True)
+_D338 = dyn_factory(base=yc_session_config_dots_agent__dots_agent_client_session_config, is_container='container', yang_name='session-config', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=True)
+_D339 = dyn_factory(base=_T118, is_container='list', yang_name='mitigation-request', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='list', is_config=True)
+_D340 = dyn_factory(base=yc_alert_endpoint_dots_agent__dots_agent_client_alert_endpoint, is_container='container', yang_name='alert-endpoint', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=True)
+_D341 = dyn_factory(base=yc_sessions_dots_agent__dots_agent_client_sessions, is_container='container', yang_name='sessions', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=False)
+_D342 = dyn_factory(base=yc_statistics_dots_agent__dots_agent_client_statistics, is_container='container', yang_name='statistics', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=False)
+_D343 = dyn_factory(base=_T10, default=_T119, is_leaf=True, yang_name='port', register_paths=True, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='inet:port-number', is_config=True)
+_D344 = dyn_factory(base=_T120, is_container='list', yang_name='endpoint', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='list', is_config=True)
+_D345 = dyn_factory(base=_T3, is_leaf=True, yang_name='host-key-file', register_paths=True, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='file-path', is_config=True)
+_D346 = dyn_factory(base=_T10, default=_T121, is_leaf=True, yang_name='port', register_paths=True, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='inet:port-number', is_config=True)
+_D347 = dyn_factory(base=_T122, is_container='list', yang_name='endpoint', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='list', is_config=True)
+_D348 = dyn_factory(base=str, is_leaf=True, yang_name='name', register_paths=True, is_keyval=True, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='string', is_config=True)
+_D349 = dyn_factory(base=str, is_leaf=True, yang_name='algorithm', register_paths=True, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='string', is_config=True)
+_D350 = dyn_factory(base=YANGBinary, is_leaf=True, yang_name='key-data', register_paths=True, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='binary', is_config=True)
+_D351 = dyn_factory(base=_T123, is_leaf=True, yang_name='password', register_paths=True, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='ianach:crypt-hash', is_config=True)
+_D352 = dyn_factory(base=_T124, is_container='list', yang_name='ssh-public-key', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='list', is_config=True)
+_D353 = dyn_factory(base=yc_netconf_dots_agent__dots_agent_management_netconf, is_container='container', yang_name='netconf', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=True)
+_D354 = dyn_factory(base=yc_restconf_dots_agent__dots_agent_management_restconf, is_container='container', yang_name='restconf', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=True)
+_D355 = dyn_factory(base=_T125, is_container='list', yang_name='user', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='list', is_config=True)
+_D356 = dyn_factory(base=yc_credentials_dots_agent__dots_agent_credentials, is_container='container', yang_name='credentials', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=True)
+_D357 = dyn_factory(base=yc_server_dots_agent__dots_agent_server, is_container='container', yang_name='server', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=True)
+_D358 = dyn_factory(base=yc_call_home_dots_agent__dots_agent_call_home, is_container='container', yang_name='call-home', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=True)
+_D359 = dyn_factory(base=yc_client_dots_agent__dots_agent_client, is_container='container', yang_name='client', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=True)
+_D360 = dyn_factory(base=yc_management_dots_agent__dots_agent_management, is_container='container', yang_name='management', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=True)
+_D361 = dyn_factory(base=yc_dots_agent_dots_agent__dots_agent, is_container='container', yang_name='dots-agent', register_paths=True, extensions=None, namespace='urn:dots-agent:params:xml:ns:yang:dots-agent', defining_module='dots-agent', yang_type='container', is_config=True)
