@@ -198,6 +198,10 @@ def run(args: argparse.Namespace) -> int:
     if not args.server:
         print("dots client: --server is required for this action", file=sys.stderr)
         return EXIT_USAGE
+    if args.action in ("alerts", "portal"):
+        from agent.cli_frontends import run as run_frontend
+
+        return run_frontend(args)
     return asyncio.run(_interruptible(_main(args)))
 
 
@@ -257,6 +261,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--mid", type=int)
     q.add_argument("--content", choices=("a", "c", "n"), default="a")
 
+    from agent.cli_frontends import add_parsers
     from agent.client_agent.main import add_parser
 
     add_parser(acts)
+    add_parsers(acts)

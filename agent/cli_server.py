@@ -15,6 +15,7 @@ import signal
 from pathlib import Path
 
 from agent import mgmt_embed
+from agent.mitigators import MITIGATOR_NAMES
 from agent.numbers import rfc9132
 from agent.transports.credentials import Credentials
 
@@ -84,7 +85,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--listen", action="append", help="address to listen on (repeat; default ::1 and 127.0.0.1)")
     p.add_argument("--port", type=int, default=rfc9132.DEFAULT_PORT, help="TCP and UDP port (default 4646)")
     p.add_argument("--db", default="dots-server.db", help="SQLite database file (default dots-server.db)")
-    p.add_argument("--mitigator", choices=("log", "nftables"), help="mitigation back-end (default: the "
+    p.add_argument("--mitigator", choices=MITIGATOR_NAMES, help="mitigation back-end (default: the "
                    "configuration's, else log)")
     p.add_argument("--config", help="dots-agent configuration (RFC 7951 JSON) to start with")
     p.add_argument("--transport", action="append", choices=("tls", "dtls"), help="only these transports")

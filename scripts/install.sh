@@ -10,6 +10,8 @@ APT_PACKAGES=(
   nftables iproute2 conntrack   # the nftables mitigator, namespace tests, Call Home NAT44 lookups
   gcc libffi-dev pkg-config     # building the libyang CFFI binding
   openssh-client                # NETCONF over SSH tests
+  gobgpd                        # BGP speaker of the Flowspec/RTBH mitigators (and the test's peer router)
+  chromium chromium-driver      # headless browser test of the web portal (system driver, no downloads)
 )
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"

@@ -145,7 +145,7 @@ def test_invalid_edit_rejected_running_unchanged(tmp_path: Path):
                 m.edit_config(target="running", config=_client_xml("bad", "badbadbadbadbadbadbad1", "198.51.100.0/33"))
             assert "protected-prefix" in (err.value.path or ""), (err.value.path, err.value.message)
             assert "/clients/client" in (err.value.path or "")
-            # A tree the schema accepts but this build cannot honour: refused by the server.
+            # A tree the schema accepts but the server cannot honour (RTBH without a next hop): refused.
             with pytest.raises(RPCError) as err:
                 m.edit_config(target="running", config=(
                     f'<config><dots-agent xmlns="{NS}"><server><mitigator>'

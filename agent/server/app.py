@@ -16,8 +16,8 @@ from typing import Any
 
 import aiocoap
 
+from agent.mitigators import MITIGATOR_NAMES, make_mitigator
 from agent.mitigators.interface import Mitigator
-from agent.mitigators.log import LogMitigator
 from agent.numbers import rfc9132
 from agent.store.sqlite import SqliteStore
 from agent.transports.credentials import Credentials
@@ -31,7 +31,7 @@ from .settings import ServerSettings
 from .state import CountingSessionRegistry
 
 log = logging.getLogger("dots.server")
-MITIGATORS = ("log", "nftables")  # back-ends this build provides (see DotsServer.mitigator)
+MITIGATORS = MITIGATOR_NAMES  # back-ends this build provides (see DotsServer.mitigator)
 
 
 @dataclass
@@ -60,6 +60,7 @@ class DotsServer:
         self.resource = DotsResource(self.service, self.sessions, lambda: self.settings)
         self.context: aiocoap.Context | None = None
         self.heartbeats: HeartbeatSender | None = None
+        self.notifier: Any = None
         self.addresses: dict[str, list[tuple[str, int]]] = {}
 
     def _settings_from(self, tree: dict[str, Any] | None) -> ServerSettings:
@@ -75,20 +76,32 @@ class DotsServer:
         existing = self._mitigators.get(name)
         if existing is not None:
             return existing
-        if name == "log":
-            m: Mitigator = LogMitigator()
-        elif name == "nftables":
-            from agent.mitigators.nftables import NftablesMitigator
-
-            m = NftablesMitigator(table=self.settings.nft_table, netns=self.options.netns)
-        else:
-            raise ValueError(f"mitigator {name!r} is not available in this build")
+        opts = dict(self.settings.mitigator_options.get(name, {}))
+        if name == "nftables":
+            opts.setdefault("table-name", self.settings.nft_table)
+            opts.setdefault("netns", self.options.netns)
+        m = make_mitigator(name, opts)
         self._mitigators[name] = m
         return m
+
+    def _attach_notifier(self, tree: dict[str, Any] | None) -> None:
+        """Third-party notification (RFC 8903 §3.2.3) from ``server/third-party-notification``."""
+        from .notify import ThirdPartyNotifier
+
+        server = ((tree or {}).get("dots-agent:dots-agent") or {}).get("server") or {}
+        container = server.get("third-party-notification")
+        if self.notifier is not None:
+            self.notifier.detach()
+            old, self.notifier = self.notifier, None
+            asyncio.get_running_loop().create_task(old.close())
+        if container and container.get("party"):
+            self.notifier = ThirdPartyNotifier.from_config(container)
+            self.notifier.attach(self.service)
 
     async def start(self) -> None:
         await self.store.open()
         await self.service.start()
+        self._attach_notifier(self.options.config)
         site = self.resource
         self.context = aiocoap.Context(loop=asyncio.get_running_loop(), serversite=site,
                                        loggername="coap-server")
@@ -124,16 +137,25 @@ class DotsServer:
         if missing:
             raise ValueError(f"mitigator {', '.join(missing)} is not available in this build "
                              f"(available: {', '.join(MITIGATORS)})")
+        if "rtbh" in wanted and not settings.mitigator_options.get("rtbh", {}).get("next-hop"):
+            raise ValueError("mitigator rtbh needs a next-hop (the discard next hop routers black-hole to)")
 
     def apply_config(self, tree: dict[str, Any] | None) -> None:
         """Swap in settings from a new configuration tree (no restart)."""
         self.settings = self._settings_from(tree)
         self.service.settings = self.settings
         self.sessions.defaults = self.settings.defaults
+        try:
+            self._attach_notifier(tree)
+        except RuntimeError:  # no running loop (called before start): start() attaches
+            pass
         log.info("configuration applied: %d client(s), allow-unlisted %s, mitigator %s",
                  len(self.settings.clients), self.settings.allow_unlisted, self.settings.mitigator)
 
     async def stop(self) -> None:
+        if self.notifier is not None:
+            self.notifier.detach()
+            await self.notifier.close()
         if self.heartbeats:
             await self.heartbeats.stop()
         if self.context is not None:

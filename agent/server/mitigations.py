@@ -126,6 +126,8 @@ class MitigationService:
         self.by_client: dict[str, dict[int, Entry]] = {}
         self.index = PrefixIndex()
         self.observers: list[Observer] = []
+        # called with (cuid, mid, members, code, diagnostic) when a PUT is refused
+        self.reject_observers: list[Callable[[str, int, dict[str, Any], str, str], None]] = []
         self.stats = Stats()
         self._lock = asyncio.Lock()
         self._poller: asyncio.Task[None] | None = None
@@ -226,7 +228,7 @@ class MitigationService:
         self.stats.puts += 1
         client = self.settings.client(cuid)
         if client is None:
-            return self._reject("4.03", f"client {cuid} is not authorised")
+            return self._refused(cuid, mid, members, self._reject("4.03", f"client {cuid} is not authorised"))
         request = scopes.request_part(members)
         targets = scopes.targets_of(request)
         attack = members.get("attack-status")
@@ -236,13 +238,15 @@ class MitigationService:
             attack_status=AttackStatus[attack.upper().replace("-", "_")] if attack else None,
             if_match=if_match, client_id=cuid)
         if targets.aliases:
-            return self._reject("4.00", "alias-name needs the DOTS data channel, which this server "
-                                "does not provide (RFC 9132 §4.4.1.3)")
+            return self._refused(cuid, mid, members, self._reject(
+                "4.00", "alias-name needs the DOTS data channel, which this server does not provide "
+                "(RFC 9132 §4.4.1.3)"))
         async with self._lock:
             decision = decide_mitigation_put(req, self._relevant(cuid, targets), policy=self.settings.policy(),
                                              allowed_prefixes=client.prefixes)
             if isinstance(decision, Reject):
-                return self._reject(decision.code, decision.diagnostic, decision.conflict)
+                return self._refused(cuid, mid, members,
+                                     self._reject(decision.code, decision.diagnostic, decision.conflict))
             if isinstance(decision, Ignore):
                 log.info("ignored PUT %s/%s: %s", cuid, mid, decision.reason)
                 return PutOutcome("2.04", decision.reason, ignored=True)
@@ -252,6 +256,14 @@ class MitigationService:
         assert entry is not None
         log.info("PUT %s/%s -> %s (status %s, lifetime %s)", cuid, mid, outcome.code,
                  entry.machine.status and int(entry.machine.status), outcome.lifetime)
+        return outcome
+
+    def _refused(self, cuid: str, mid: int, members: dict[str, Any], outcome: PutOutcome) -> PutOutcome:
+        for obs in list(self.reject_observers):
+            try:
+                obs(cuid, mid, members, outcome.code, outcome.diagnostic)
+            except Exception:  # an observer must not break the service
+                log.exception("reject observer failed")
         return outcome
 
     def _reject(self, code: str, diagnostic: str, conflict: ConflictInfo | None = None) -> PutOutcome:

@@ -55,6 +55,7 @@ class ServerSettings:
     max_lifetime: int | None = None
     allow_indefinite: bool = True
     mitigator: str = "log"
+    mitigator_options: dict[str, dict[str, Any]] = field(default_factory=dict)  # type -> YANG container
     nft_table: str = "dots_agent"
     rate_limit_pps: int | None = None
     redirect: Redirect | None = None
@@ -99,6 +100,15 @@ class ServerSettings:
         if "allow-indefinite" in life:
             kw["allow_indefinite"] = bool(life["allow-indefinite"])
         mit = server.get("mitigator") or {}
+        options: dict[str, dict[str, Any]] = {}
+        for c in clients_node.get("client", []):  # per-client back-end parameters (use case 3.2.2)
+            for kind in ("nftables", "flowspec", "rtbh"):
+                if kind in (c.get("mitigator") or {}):
+                    options.setdefault(kind, dict(c["mitigator"][kind]))
+        for kind in ("nftables", "flowspec", "rtbh"):
+            if kind in mit:
+                options[kind] = dict(mit[kind])
+        kw["mitigator_options"] = options
         if "type" in mit:
             kw["mitigator"] = str(mit["type"]).rpartition(":")[2]
         nft = mit.get("nftables") or {}
