@@ -126,6 +126,7 @@ def test_not_a_map_and_two_messages() -> None:
     assert "exactly one" in err(cbor2.dumps({})).reason
 
 
+@pytest.mark.req("SC-172")
 def test_non_integer_and_out_of_range_keys() -> None:
     assert "integer" in err(cbor2.dumps({1: {"scope": []}})).reason
     assert "1-65535" in err(cbor2.dumps({1: {70000: 1}})).reason

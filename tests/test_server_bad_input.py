@@ -40,7 +40,7 @@ def diag(resp: Message) -> str:
     return resp.payload.decode("utf-8", "replace")
 
 
-@pytest.mark.req("SC-005", "SC-061", "SC-153", "SC-035", "SC-045", "SC-062", "SC-102", "SC-047")
+@pytest.mark.req("SC-005", "SC-061", "SC-153", "SC-035", "SC-045", "SC-062", "SC-102", "SC-047", "SC-060")
 @pytest.mark.parametrize("transport", ["tls", "dtls"])
 async def test_each_bad_request_gets_its_code(server: ServerProcess, transport: str) -> None:
     ctx = await raw_client(server.pki)

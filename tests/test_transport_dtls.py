@@ -422,7 +422,7 @@ class _RecordingRelay(asyncio.DatagramProtocol):
             self.transport.sendto(data, self.target)
 
 
-@pytest.mark.req("SC-167")
+@pytest.mark.req("SC-167", "SC-169")
 @pytest.mark.parametrize("mtu", [1280, 400])
 async def test_datagrams_fit_the_path_mtu(pki: Path, echo: Echo, mtu: int):
     echo.big = bytes(range(256)) * 12  # 3 KiB: blockwise responses of 1024-byte blocks

@@ -209,6 +209,9 @@ class CallHomePeer:
                     next_send = now + interval if not self.reliable else deadline
                     interval = min(interval * 2, 8.0)
                 wait = max(0.01, min(next_send, deadline) - time.monotonic())
+                if not pending:  # e.g. the only answer was a discarded 5.03 (over TLS nothing is resent)
+                    await asyncio.sleep(wait)
+                    continue
                 done, _ = await asyncio.wait([p.response for p in pending], timeout=wait,
                                              return_when=asyncio.FIRST_COMPLETED)
                 for d in done:

@@ -81,6 +81,7 @@ from typing import Any
 import aiocoap
 from aiocoap import error as coap_error
 from aiocoap import numbers as coap
+from aiocoap.optiontypes import BlockOption
 from aiocoap.resource import Resource, Site
 
 from agent.codec import CodecError, Direction, Message, MessageType, decode_cbor
@@ -666,7 +667,8 @@ class DotsClient:
 
     async def _request(self, method: coap.Code, *segments: str, payload: bytes | None = None,
                        query: Sequence[str] = (), if_match: bool = False, confirmable: bool = False,
-                       observe: bool = False, timeout: float | None = None
+                       observe: bool = False, timeout: float | None = None, blockwise: bool = True,
+                       block2: Any = None, etag: bytes | None = None
                        ) -> tuple[aiocoap.Message, Any]:
         """Send until answered; returns (response, aiocoap request).  Transport failures
         re-establish the session and retry until *timeout*; then DotsConnectionError."""
@@ -686,13 +688,17 @@ class DotsClient:
                     msg.opt.if_match = [b""]
                 if observe:
                     msg.opt.observe = 0
+                if block2 is not None:
+                    msg.opt.block2 = block2
+                if etag is not None:
+                    msg.opt.etags = [etag]
                 return msg
 
             try:
                 if conn.reliable or confirmable:
-                    result = await self._once(conn, make, deadline)
+                    result = await self._once(conn, make, deadline, blockwise)
                 else:
-                    result = await self._non(conn, make, deadline)
+                    result = await self._non(conn, make, deadline, blockwise)
             except _Broken as exc:
                 self._session_broken(conn, exc.reason)
                 continue
@@ -704,9 +710,9 @@ class DotsClient:
                 continue
             return result
 
-    async def _once(self, conn: Connection, make: Callable[[], aiocoap.Message], deadline: float
-                    ) -> tuple[aiocoap.Message, Any]:
-        req = conn.context.request(make())
+    async def _once(self, conn: Connection, make: Callable[[], aiocoap.Message], deadline: float,
+                    blockwise: bool = True) -> tuple[aiocoap.Message, Any]:
+        req = conn.context.request(make(), handle_blockwise=blockwise)
         try:
             response = await asyncio.wait_for(asyncio.shield(req.response), max(0.0, deadline - time.monotonic()))
         except TimeoutError:
@@ -716,8 +722,8 @@ class DotsClient:
             raise _Broken(str(exc) or type(exc).__name__) from None
         return response, req
 
-    async def _non(self, conn: Connection, make: Callable[[], aiocoap.Message], deadline: float
-                   ) -> tuple[aiocoap.Message, Any]:
+    async def _non(self, conn: Connection, make: Callable[[], aiocoap.Message], deadline: float,
+                   blockwise: bool = True) -> tuple[aiocoap.Message, Any]:
         nr = NonRequest(self._pacer, time.monotonic(), deadline=deadline)
         pending: list[Any] = []
         try:
@@ -745,7 +751,7 @@ class DotsClient:
                     continue
                 if isinstance(step, GiveUp):
                     continue
-                pending.append(conn.context.request(make()))
+                pending.append(conn.context.request(make(), handle_blockwise=blockwise))
                 nr.sent(time.monotonic())
         finally:
             for req in pending:
@@ -831,11 +837,41 @@ class DotsClient:
         (for ``mid=None``); a 4.04 for a given mid raises DotsError."""
         segments = [rfc9132.PATH_MITIGATE, f"cuid={self.cuid}"] + ([f"mid={mid}"] if mid is not None else [])
         query = [f"c={content}"] if content != "a" else []
-        response, _ = await self._request(coap.GET, *segments, query=query)
+        response, _ = await self._request(coap.GET, *segments, query=query, blockwise=False)
         if mid is None and response.code == coap.NOT_FOUND:
             return []
         _raise_for(response)
+        response = await self._remaining_blocks(response, segments, query)
         return list(_members(response).get("scope", []))
+
+    async def _remaining_blocks(self, first: aiocoap.Message, segments: Sequence[str], query: Sequence[str]
+                                ) -> aiocoap.Message:
+        """The rest of a Block2 answer (§4.4.2): GETs with NUM > 0 at the block size the server
+        chose (SC-081), each repeating the ETag of block 0 (SC-083); the blocks must keep it."""
+        b2 = first.opt.block2
+        if b2 is None or not b2.more:
+            return first
+        if b2.block_number != 0:
+            raise DotsError(_code(first), f"block-wise answer starts at block {b2.block_number}, not 0")
+        etag = first.opt.etag
+        payload = bytearray(first.payload)
+        szx = b2.size_exponent
+        while True:
+            num = len(payload) // (1 << (szx + 4))
+            response, _ = await self._request(coap.GET, *segments, query=query, blockwise=False,
+                                              block2=BlockOption.BlockwiseTuple(num, False, szx), etag=etag)
+            _raise_for(response)
+            rb = response.opt.block2
+            if rb is None:  # the server sent the whole representation this time
+                return response
+            if response.opt.etag != etag or rb.block_number != num:
+                raise DotsError(_code(response), "the status changed during the block-wise transfer "
+                                f"(block {rb.block_number}, ETag {response.opt.etag!r}); ask again")
+            payload += response.payload
+            if not rb.more:
+                break
+            szx = rb.size_exponent
+        return first.copy(payload=bytes(payload), block2=None)
 
     async def withdraw(self, mid: int) -> str:
         """DELETE the request (§4.4.4); the server answers 2.02 even for an unknown mid."""

@@ -119,6 +119,7 @@ class Observation:
     pending: asyncio.TimerHandle | None = None
     last_payload: bytes = b""
     final: Entry | None = None  # the observed request ended: send its last status and stop
+    seq: int = 0  # Observe option value of the last notification (the registration answer is 0)
 
 
 @dataclass
@@ -155,6 +156,13 @@ class DotsResource(Resource, PathCapable):
 
     async def render_to_pipe(self, pipe: Any) -> None:
         request = pipe.request
+        b2 = request.opt.block2
+        if request.code == coap.GET and b2 is not None and b2.block_number > 0 and request.opt.etags:
+            # SC-083: a client repeats the ETag of block 0 when it asks for the next blocks.  The
+            # blocks come from the representation cached at block 0 (aiocoap's Block2 cache, whose
+            # key covers every option, ETag included), so the ETag is not part of the lookup; the
+            # client compares it with the ETag each block carries.
+            request.opt.etags = []
         if request.code == coap.GET and request.opt.observe == 0:
             try:
                 first = await self._observe(pipe)
@@ -464,6 +472,9 @@ class DotsResource(Resource, PathCapable):
         if body == obs.last_payload:
             return
         obs.last_payload, obs.last_sent = body, time.time()
-        note = dots(coap.CONTENT, body)
+        # RFC 7641 §4.4: every notification carries an increasing Observe value (24 bits); one
+        # without the option would end the observation at the client
+        obs.seq = (obs.seq + 1) % (1 << 24)
+        note = dots(coap.CONTENT, body, observe=obs.seq)
         note.mtype = aiocoap.NON  # SC-090: notifications are always Non-confirmable
         obs.pipe.add_response(note, is_last=False)
