@@ -241,3 +241,22 @@ def test_state_identifiers(tmp_path: Path) -> None:
     s.forget("c", MID_ROLLOVER)
     assert s.allocate_mid("c") == 0  # SC-032: reset once nothing is active
     assert ClientState(tmp_path / "st.json").last_mid("c") == 0
+
+
+@pytest.mark.req("SC-092")
+async def test_request_held_until_retry_timer_after_conflict(server: DotsServer, pki: Path) -> None:
+    """After a 4.09 with a retry-timer the same request is not sent again before it expires."""
+    issue_client(pki, "client3")
+    async with client(server, pki, "tls") as c1, client(server, pki, "tls", name="client3") as c3:
+        first = await c1.mitigate(target_prefixes=["192.0.2.0/24"], ports=[123], protocols=[17], lifetime=60)
+        with pytest.raises(DotsError) as err:
+            await c3.mitigate(target_prefixes=["192.0.2.8/32"], ports=[123], protocols=[17], lifetime=60)
+        assert err.value.conflict is not None and 0 < (err.value.conflict.retry_timer or 0) <= 60
+        puts_before = server.service.stats.puts
+        with pytest.raises(DotsError) as held:
+            await c3.mitigate(target_prefixes=["192.0.2.8/32"], ports=[123], protocols=[17], lifetime=120)
+        assert "retry-timer" in held.value.diagnostic
+        assert server.service.stats.puts == puts_before  # nothing reached the server
+        other = await c3.mitigate(target_prefixes=["198.51.100.77/32"], lifetime=60)  # a different request
+        assert other.code == "2.01"
+        await c1.withdraw(first.mid)

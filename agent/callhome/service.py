@@ -102,6 +102,8 @@ def _contained(net: IPNetwork, prefixes: Iterable[IPNetwork]) -> bool:
 class CallHomeService(MitigationService):
     """MitigationService with the Call Home DOTS server rules (see the module docstring)."""
 
+    RESOLVE_NAMES = False  # target-fqdn/uri are for the administrator's information only (§5.3.1)
+
     def __init__(self, store: Store, mitigators: Callable[[str], Awaitable[Mitigator]],
                  settings: ServerSettings, *, internal_prefixes: Iterable[str | IPNetwork],
                  consent: str = "auto", nat: NatMapper | None = None,

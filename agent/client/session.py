@@ -69,6 +69,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import logging
 import math
 import random
@@ -271,6 +272,8 @@ class DotsClient:
         self.credentials = credentials
         self.cuid = certificate_cuid(credentials.cert)
         self.state = state if isinstance(state, ClientState) else ClientState(state)
+        # SC-092: a request deactivated by a conflict is not sent again before its retry-timer
+        self._held: dict[str, float] = {}  # scope key -> monotonic time before which it is held
         self.heartbeats = heartbeats
         self.request_timeout = request_timeout
         self.reconnect_min_interval = reconnect_min_interval
@@ -788,17 +791,41 @@ class DotsClient:
             mid = await self._allocate_mid()
         return await self._put_scope(mid, scope, created_ok=True)
 
+    @staticmethod
+    def _scope_key(scope: dict[str, Any]) -> str:
+        """The identity of "the same mitigation request": its parameters apart from lifetime."""
+        return json.dumps({k: v for k, v in scope.items() if k not in ("lifetime", "attack-status")},
+                          sort_keys=True)
+
+    def _hold(self, scope: dict[str, Any], conflict: ConflictInformation | None) -> None:
+        if conflict is not None and conflict.retry_timer:
+            self._held[self._scope_key(scope)] = time.monotonic() + conflict.retry_timer
+
     async def _put_scope(self, mid: int, scope: dict[str, Any], *, if_match: bool = False,
                          created_ok: bool = True) -> MitigationResult:
+        key = self._scope_key(scope)
+        until = self._held.get(key)
+        if until is not None:
+            wait = until - time.monotonic()
+            if wait > 0:  # SC-092: not before the retry-timer of the conflict expires
+                raise DotsError("4.09", f"held after a conflict: the retry-timer expires in {wait:.0f} s "
+                                "(RFC 9132 §4.4.2.1); not sent", details={"retry-in": round(wait)})
+            del self._held[key]
         payload = _scope_message(scope)
         response, _ = await self._request(coap.PUT, rfc9132.PATH_MITIGATE, f"cuid={self.cuid}", f"mid={mid}",
                                           payload=payload, if_match=if_match)
-        _raise_for(response)
+        try:
+            _raise_for(response)
+        except DotsError as exc:
+            self._hold(scope, exc.conflict)
+            raise
         members = _members(response)
         answer = (members.get("scope") or [{}])[0]
         lifetime = answer.get("lifetime")
         result = MitigationResult(mid, _code(response), int(lifetime) if lifetime is not None else None,
                                   ConflictInformation.from_members(answer.get("conflict-information")))
+        if result.conflict is not None and result.conflict.conflict_status == "request-inactive-other-active":
+            self._hold(scope, result.conflict)
         request = {k: v for k, v in scope.items() if k != "attack-status"}
         self.state.remember(self.cuid, mid, request,
                             result.lifetime if result.lifetime is not None else scope.get("lifetime"))

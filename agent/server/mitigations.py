@@ -49,11 +49,12 @@ from agent.protocol.server_rules import (
     Reject,
     decide_mitigation_put,
 )
-from agent.protocol.targets import Targets
+from agent.protocol.targets import Targets, forbidden_reason, within
 from agent.store.interface import MitigationRecord, Store
 
 from . import scope as scopes
 from .index import PrefixIndex
+from .resolve import Resolution, Resolver, resolve_targets, system_resolver
 from .settings import ServerSettings
 
 log = logging.getLogger("dots.server")
@@ -72,6 +73,7 @@ class Entry:
     timer: asyncio.TimerHandle | None = None
     last_counters: tuple[float, int, int] | None = None  # (time, bytes, pkts)
     mitigator_name: str = ""
+    resolved: tuple[str, ...] = ()  # host prefixes of target-fqdn / target-uri (SC-038/039)
 
     @property
     def key(self) -> str:
@@ -114,9 +116,14 @@ class Work:
 
 
 class MitigationService:
+    # Resolve target-fqdn / target-uri to addresses and enforce on them (RFC 9132 SC-038/039).
+    # Call Home (RFC 9066 §5.3.1) treats them as information for the administrator only.
+    RESOLVE_NAMES = True
+
     def __init__(self, store: Store, mitigators: Callable[[str], Awaitable[Mitigator]],
                  settings: ServerSettings, *, clock: Callable[[], float] = time.time,
-                 counter_interval: float = 5.0) -> None:
+                 counter_interval: float = 5.0, resolver: Resolver = system_resolver) -> None:
+        self.resolver = resolver
         self.store = store
         self._mitigator_for = mitigators
         self.settings = settings
@@ -143,6 +150,9 @@ class MitigationService:
         by_mitigator: dict[str, list[Any]] = {}
         for rec in await self.store.list_mitigations():
             entry = self._restore(rec)
+            if self.RESOLVE_NAMES and (entry.targets.fqdns or entry.targets.uris):  # resolved again at restart
+                res = await resolve_targets(entry.targets.fqdns, entry.targets.uris, self.resolver)
+                entry.resolved = tuple(res.prefixes)
             self._add(entry)
             self._arm(entry)
             if entry.machine.installed and self._enforceable(entry):
@@ -184,7 +194,7 @@ class MitigationService:
     def _add(self, entry: Entry) -> None:
         self.entries[(entry.cuid, entry.mid)] = entry
         self.by_client.setdefault(entry.cuid, {})[entry.mid] = entry
-        self.index.add((entry.cuid, entry.mid), entry.targets.prefixes)
+        self.index.add((entry.cuid, entry.mid), self._enforce_targets(entry).prefixes)
 
     def _forget(self, entry: Entry) -> None:
         if entry.timer:
@@ -241,6 +251,13 @@ class MitigationService:
             return self._refused(cuid, mid, members, self._reject(
                 "4.00", "alias-name needs the DOTS data channel, which this server does not provide "
                 "(RFC 9132 §4.4.1.3)"))
+        resolved: tuple[str, ...] = ()
+        if self.RESOLVE_NAMES and (targets.fqdns or targets.uris):  # SC-038/039: names get the prefix checks
+            res = await resolve_targets(targets.fqdns, targets.uris, self.resolver)
+            problem = self._check_resolved(res, targets, client.prefixes)
+            if problem:
+                return self._refused(cuid, mid, members, self._reject("4.00", problem))
+            resolved = tuple(res.prefixes)
         async with self._lock:
             decision = decide_mitigation_put(req, self._relevant(cuid, targets), policy=self.settings.policy(),
                                              allowed_prefixes=client.prefixes)
@@ -250,13 +267,26 @@ class MitigationService:
             if isinstance(decision, Ignore):
                 log.info("ignored PUT %s/%s: %s", cuid, mid, decision.reason)
                 return PutOutcome("2.04", decision.reason, ignored=True)
-            outcome, work = self._accept(cuid, mid, request, targets, decision, cdid, client.mitigator)
+            outcome, work = self._accept(cuid, mid, request, targets, decision, cdid, client.mitigator, resolved)
         await self._finish(work)
         entry = outcome.entry
         assert entry is not None
         log.info("PUT %s/%s -> %s (status %s, lifetime %s)", cuid, mid, outcome.code,
                  entry.machine.status and int(entry.machine.status), outcome.lifetime)
         return outcome
+
+    @staticmethod
+    def _check_resolved(res: Resolution, targets: Targets, allowed: Any) -> str | None:
+        if res.failed and not res.prefixes and not targets.prefixes:
+            return f"target name(s) could not be resolved: {', '.join(res.failed)}"
+        named = Targets.of(prefixes=res.prefixes)
+        for net in named.prefixes:
+            reason = forbidden_reason(net)
+            if reason:
+                return f"{net} (resolved from a target name) is {reason}"
+        if allowed is not None and res.prefixes and not within(named, allowed):
+            return "an address resolved from target-fqdn/target-uri is outside the DOTS client domain"
+        return None
 
     def _refused(self, cuid: str, mid: int, members: dict[str, Any], outcome: PutOutcome) -> PutOutcome:
         for obs in list(self.reject_observers):
@@ -271,7 +301,7 @@ class MitigationService:
         return PutOutcome(code, diagnostic, conflict=conflict)
 
     def _accept(self, cuid: str, mid: int, request: dict[str, Any], targets: Targets, decision: Accept,
-                cdid: str | None, mitigator: str | None) -> tuple[PutOutcome, Work]:
+                cdid: str | None, mitigator: str | None, resolved: tuple[str, ...] = ()) -> tuple[PutOutcome, Work]:
         now = self.clock()
         work = Work()
         removed: list[Entry] = []
@@ -289,7 +319,7 @@ class MitigationService:
                                    lifetime=decision.lifetime, cdid=cdid,
                                    trigger_mitigation=machine.trigger_mitigation, created_at=now,
                                    mitigator=mitigator or self.settings.mitigator)
-            entry = Entry(cuid, mid, machine, request, targets, rec, mitigator_name=rec.mitigator)
+            entry = Entry(cuid, mid, machine, request, targets, rec, mitigator_name=rec.mitigator, resolved=resolved)
             if decision.inactive and decision.conflict is not None:
                 transition = machine.accept_inactive(now, decision.conflict.retry_timer or 0)
             else:
@@ -297,6 +327,8 @@ class MitigationService:
             self.stats.created += 1
         else:
             machine = entry.machine
+            if resolved:
+                entry.resolved = resolved
             if decision.attack_status is not None:
                 transition = machine.efficacy_update(now, decision.attack_status, decision.lifetime)
             else:
@@ -454,11 +486,16 @@ class MitigationService:
                 fut.set_result(None)
 
     @staticmethod
-    def _enforceable(entry: Entry) -> bool:
-        return bool(entry.targets.prefixes or entry.targets.source_prefixes)
+    def _enforce_targets(entry: Entry) -> Targets:
+        """The request's targets plus the addresses its names resolved to."""
+        return scopes.targets_of(entry.members, list(entry.resolved)) if entry.resolved else entry.targets
+
+    def _enforceable(self, entry: Entry) -> bool:
+        t = self._enforce_targets(entry)
+        return bool(t.prefixes or t.source_prefixes)
 
     def _action(self, entry: Entry) -> Any:
-        return scopes.action_of(entry.key, entry.targets, rate_limit_pps=self.settings.rate_limit_pps)
+        return scopes.action_of(entry.key, self._enforce_targets(entry), rate_limit_pps=self.settings.rate_limit_pps)
 
     async def _install(self, entry: Entry) -> None:
         if not self._enforceable(entry):
