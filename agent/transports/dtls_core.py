@@ -229,6 +229,9 @@ def make_context(credentials: Credentials, *, server: bool, require_client_cert:
     ctx = SSL.Context(SSL.DTLS_METHOD)
     ctx.set_min_proto_version(DTLS1_2_VERSION)
     ctx.set_options(SSL.OP_NO_QUERY_MTU | SSL.OP_NO_COMPRESSION | getattr(SSL, "OP_NO_RENEGOTIATION", 0))
+    # Idle associations give their record buffers back (tens of KB each): thousands of mostly
+    # idle DOTS sessions (heartbeats only) must stay cheap.
+    ctx.set_mode(SSL.MODE_RELEASE_BUFFERS)
     keep: list[Any] = []
     if credentials.cert:
         ctx.use_certificate_chain_file(str(credentials.cert))
