@@ -71,18 +71,44 @@ class DotsServer:
             settings = replace(settings, mitigator=self.options.mitigator)
         return settings
 
+    def _mitigator_options(self, name: str, settings: ServerSettings) -> dict[str, Any]:
+        opts = dict(settings.mitigator_options.get(name, {}))
+        if name == "nftables":
+            opts.setdefault("table-name", settings.nft_table)
+            opts.setdefault("netns", self.options.netns)
+        return opts
+
     async def mitigator(self, name: str) -> Mitigator:
         """The mitigator back-end called *name* (created on first use)."""
         existing = self._mitigators.get(name)
         if existing is not None:
             return existing
-        opts = dict(self.settings.mitigator_options.get(name, {}))
-        if name == "nftables":
-            opts.setdefault("table-name", self.settings.nft_table)
-            opts.setdefault("netns", self.options.netns)
-        m = make_mitigator(name, opts)
+        m = make_mitigator(name, self._mitigator_options(name, self.settings))
         self._mitigators[name] = m
         return m
+
+    async def _rebuild_mitigators(self, names: list[str]) -> None:
+        """New parameters for a back-end in use: a new instance takes over what the old one enforced.
+
+        The old instance is emptied first (the two may share a table or a BGP speaker, and an
+        instance reconciles everything it finds there), then the new one is reconciled with the
+        active requests of that back-end, so the new rate, table or speaker applies to them.
+        The switch-over leaves a gap of one reconcile (milliseconds).
+        """
+        for name in names:
+            old = self._mitigators.pop(name, None)
+            try:
+                if old is not None:
+                    await old.reconcile([])
+                    if name == "nftables":  # a BGP speaker may be shared: never stop it here
+                        await old.close()
+                new = await self.mitigator(name)
+                await new.reconcile(self.service.actions_for(name))
+                log.info("mitigator %s reconfigured", name)
+            except Exception:
+                log.exception("could not reconfigure mitigator %s", name)
+                if old is not None:
+                    self._mitigators[name] = old
 
     def _attach_notifier(self, tree: dict[str, Any] | None) -> None:
         """Third-party notification (RFC 8903 §3.2.3) from ``server/third-party-notification``."""
@@ -142,11 +168,16 @@ class DotsServer:
 
     def apply_config(self, tree: dict[str, Any] | None) -> None:
         """Swap in settings from a new configuration tree (no restart)."""
+        old = self.settings
         self.settings = self._settings_from(tree)
         self.service.settings = self.settings
         self.sessions.defaults = self.settings.defaults
         try:
             self._attach_notifier(tree)
+            changed = [name for name in self._mitigators
+                       if self._mitigator_options(name, old) != self._mitigator_options(name, self.settings)]
+            if changed:
+                asyncio.get_running_loop().create_task(self._rebuild_mitigators(changed))
         except RuntimeError:  # no running loop (called before start): start() attaches
             pass
         log.info("configuration applied: %d client(s), allow-unlisted %s, mitigator %s",

@@ -494,6 +494,11 @@ class MitigationService:
         t = self._enforce_targets(entry)
         return bool(t.prefixes or t.source_prefixes)
 
+    def actions_for(self, mitigator: str) -> list[Any]:
+        """What back-end *mitigator* must enforce now (every installed request it handles)."""
+        return [self._action(e) for e in self.entries.values()
+                if e.mitigator_name == mitigator and e.machine.installed and self._enforceable(e)]
+
     def _action(self, entry: Entry) -> Any:
         return scopes.action_of(entry.key, self._enforce_targets(entry), rate_limit_pps=self.settings.rate_limit_pps)
 
