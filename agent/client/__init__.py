@@ -14,9 +14,10 @@ from .fallback import FallbackClient, FallbackServer
 from .redirect import Redirection, RedirectMemory
 from .results import ConfigResult, ConflictInformation, DotsError, MitigationResult, StatusUpdate
 from .session import DotsClient, build_scope
+from .split import MessageLimit, RequestTooLargeError
 from .state import ClientState, default_state_path
 
 __all__ = ["Candidate", "ClientState", "ConfigResult", "ConflictInformation", "Connection", "Connector",
-           "DotsClient", "DotsConnectionError", "DotsError", "FallbackClient", "FallbackServer", "MitigationResult",
-           "RedirectMemory", "Redirection", "StatusUpdate", "build_scope", "default_state_path", "parse_server",
-           "parse_servers"]
+           "DotsClient", "DotsConnectionError", "DotsError", "FallbackClient", "FallbackServer", "MessageLimit",
+           "MitigationResult", "RedirectMemory", "Redirection", "RequestTooLargeError", "StatusUpdate", "build_scope",
+           "default_state_path", "parse_server", "parse_servers"]

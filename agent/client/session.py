@@ -16,7 +16,9 @@ task that keeps it alive:
   negotiated ack-timeout / ack-random-factor / max-retransmit (SC-117, ``agent.tuning``).  Over
   TLS every request is sent once (the transport is reliable).
 * **Identifiers.**  'mid' and 'sid' come from :class:`~agent.client.state.ClientState`
-  (monotonic, SC-031/SC-119; mid rollover SC-032), which also keeps each request's parameters
+  (monotonic, SC-031/SC-119; mid rollover SC-032 once no attack is mitigated -- preconfigured
+  requests do not count -- after which the preconfigured requests are withdrawn and recreated
+  with the mids restarting at 0, SC-033), which also keeps each request's parameters
   so :meth:`DotsClient.refresh` and :meth:`DotsClient.efficacy_update` repeat them unchanged
   (SC-073, SC-098).  When the state knows no mid yet, the server is asked which mids it still
   holds for our cuid so a lost state file does not make us reuse one.
@@ -25,9 +27,24 @@ task that keeps it alive:
   from the server) proves the session alive.  The server's own heartbeat PUTs are answered
   2.04 by the client's CoAP site.  On ``SessionLost`` the session is closed and re-established
   (resuming (D)TLS where possible, SC-143) no more often than every 60 s (SC-144,
-  ``ReconnectBackoff``).  Link saturation (``DEGRADED``) keeps the session (SC-146/147); the
-  parallel session of SC-148 is not opened yet.  Requests waiting for an answer are kept
-  (and repeated) across the reconnection until their own deadline.
+  ``ReconnectBackoff``).  Requests waiting for an answer are kept (and repeated) across the
+  reconnection until their own deadline.
+* **Link saturation (§4.7).**  While mitigating, a reached threshold makes the session
+  ``DEGRADED``, not lost: it is kept and heartbeats keep going over it (SC-146/SC-147), and a
+  *parallel* session is established (``Reconnect(parallel=True)``, SC-148; paced like any
+  re-establishment).  Mitigation requests (PUT/GET/DELETE on ``mitigate``, not Observe
+  registrations) then go over both sessions, the first answer wins (SC-149) -- so a new
+  request may come back as a 2.04 when its copy over the silent session created it.  The
+  parallel session is heartbeated too.  Any traffic on the old session
+  (``CancelParallelSession``) closes the parallel one; if instead the old session leaves
+  ``parallel_promote_after`` further heartbeats (default: missing-hb-allowed) unanswered while
+  the parallel one answers, or fails outright, the parallel session becomes the session (a
+  new generation) and the old one is closed.
+* **Message size (§7.3).**  Over DTLS a request must fit the PMTU (``pmtu``, 1280 by default)
+  minus IPv6/UDP, DTLS record and AEAD overhead; :meth:`DotsClient.mitigate` refuses a larger
+  one (:class:`~agent.client.split.RequestTooLargeError`) and :meth:`DotsClient.mitigate_all`
+  splits its target lists over several PUTs with their own mids (SC-170).  Over TLS there is no
+  limit unless ``tls_max_message`` is set.
 * **Paths (§4.3).**  The server may have several addresses (a name, or a comma-separated
   list); the ``Connector`` races them by Happy Eyeballs over DTLS and TLS, caches the outcome
   (SC-009), uses the 100 ms Connection Attempt Delay while mitigating (SC-011) and resumes
@@ -92,6 +109,7 @@ from agent.numbers import rfc9132
 from agent.pki import certificate_cuid
 from agent.protocol.client_pacing import GiveUp, NonPacer, NonRequest
 from agent.protocol.session import (
+    CancelParallelSession,
     Liveness,
     Phase,
     Reconnect,
@@ -115,6 +133,7 @@ from .results import (
     StatusUpdate,
     session_config_from,
 )
+from .split import MessageLimit, RequestTooLargeError, coap_request_size, split_scope
 from .state import ClientState
 
 log = logging.getLogger("dots.client")
@@ -256,6 +275,10 @@ class DotsClient:
     clients of the same deployment so loops across them are detected too.  ``under_attack``:
     the client is used because of an attack (e.g. ``dots client mitigate``): connection
     attempts use the 100 ms delay from the start (SC-011), not only once a request is active.
+    ``pmtu``: the path MTU requests must fit over DTLS (§7.3).  ``tls_max_message``: the
+    largest request message over TLS (None: no limit).  ``parallel_promote_after``: further
+    unanswered heartbeats on a saturated session after which a working parallel session
+    replaces it (None: missing-hb-allowed; see "Link saturation" in the module docstring).
     """
 
     def __init__(self, server: ServerSpec, credentials: Credentials, transport: str = "auto", *,
@@ -265,7 +288,8 @@ class DotsClient:
                  reconnect_min_interval: float = rfc9132.RECONNECT_MIN_INTERVAL,
                  probe_interval: float = 86400.0, attempt_delay: float | None = None,
                  follow_redirects: bool = True, redirect_memory: RedirectMemory | None = None,
-                 under_attack: bool = False) -> None:
+                 under_attack: bool = False, pmtu: int = rfc9132.DEFAULT_PMTU,
+                 tls_max_message: int | None = None, parallel_promote_after: int | None = None) -> None:
         endpoints = parse_servers(server)
         self.host, self.port = endpoints[0]
         self.endpoints = endpoints
@@ -298,6 +322,22 @@ class DotsClient:
         self._conn: Connection | None = None
         self._connected = asyncio.Event()
         self._wake = asyncio.Event()
+        # §4.7 link saturation: a second session opened while the current one is silent
+        self._parallel: Connection | None = None
+        self._parallel_task: asyncio.Task[None] | None = None
+        self._parallel_pacer = NonPacer()
+        self._parallel_since = 0.0
+        self._parallel_ok_at: float | None = None  # last answer received on the parallel session
+        self._hb_since_parallel = 0  # heartbeats sent on the silent session since the parallel one opened
+        self.parallel_promote_after = parallel_promote_after
+        self.parallel_opened = 0
+        self.parallel_dropped = 0
+        self.parallel_promoted = 0
+        # §7.3: the largest request message (DTLS: from the PMTU; TLS: unlimited unless configured)
+        self.pmtu = pmtu
+        self.tls_max_message = tls_max_message
+        self._mid_lock = asyncio.Lock()
+        self.recreated_after_rollover: list[tuple[int, int]] = []  # (old mid, new mid), SC-033
         self._lost_reason: str | None = None
         self._closing = False
         self._generation = 0
@@ -371,6 +411,9 @@ class DotsClient:
             "heartbeats": {"sent": self.heartbeats_sent, "answered": self.heartbeats_answered,
                            "received": self.heartbeats_received},
             "phase": self.liveness.phase.value if self.liveness else None,
+            "parallel": {"path": str(self._parallel.candidate) if self._parallel else None,
+                         "opened": self.parallel_opened, "dropped": self.parallel_dropped,
+                         "promoted": self.parallel_promoted},
         }
 
     async def close(self) -> None:
@@ -384,6 +427,9 @@ class DotsClient:
                 await t
             except (asyncio.CancelledError, Exception):
                 pass
+        if self._parallel is not None:
+            await self._parallel.close()
+            self._parallel = None
         if self._conn is not None:
             await self._conn.close()
             self._conn = None
@@ -400,6 +446,9 @@ class DotsClient:
         return self.under_attack or self._mitigating()
 
     def _install(self, conn: Connection) -> None:
+        if self._parallel is not None and self._parallel is not conn:  # it belonged to the old session
+            self._drop_parallel("the session was replaced")
+        self._parallel = None
         self._conn = conn
         self._generation += 1
         now = time.monotonic()
@@ -478,14 +527,119 @@ class DotsClient:
     def _effects(self, effects: Iterable[Any]) -> None:
         for effect in effects:
             if isinstance(effect, SendHeartbeat):
+                if self.liveness is not None and self._saturation_heartbeat(self.liveness):
+                    continue
                 self._spawn(self._send_heartbeat(effect.peer_hb_status, self._conn))
             elif isinstance(effect, SessionLost):
                 self._session_broken(self._conn, effect.reason)
             elif isinstance(effect, Reconnect) and effect.parallel:
-                log.warning("heartbeats unanswered while mitigating: keeping the session (SC-146); "
-                            "a parallel session (SC-148) is not implemented")
+                log.warning("heartbeats unanswered while mitigating (link saturation?): keeping the session "
+                            "and its heartbeats (SC-146, SC-147), opening a parallel session (SC-148)")
+                self._start_parallel()
+            elif isinstance(effect, CancelParallelSession):
+                if self._parallel is not None or self._parallel_task is not None:
+                    log.info("the saturated session answers again: the parallel session is closed (§4.7)")
+                self._drop_parallel("the saturated session answers again")
 
-    async def _send_heartbeat(self, status: bool, conn: Connection | None) -> None:
+    # -- link saturation (§4.7): a parallel session ---------------------------------------
+    def _start_parallel(self) -> None:
+        """SC-148: try to establish a new session while keeping the silent one."""
+        if self._parallel is not None or (self._parallel_task is not None and not self._parallel_task.done()):
+            return
+        if self._conn is None or self.liveness is None:
+            return
+        task = asyncio.get_running_loop().create_task(self._open_parallel(self._conn, self.liveness),
+                                                      name="DOTS parallel session")
+        self._parallel_task = task
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _parallel_wanted(self, base: Connection, liveness: Liveness) -> bool:
+        return (not self._closing and base is self._conn and liveness is self.liveness
+                and liveness.parallel_attempt and liveness.phase is Phase.DEGRADED)
+
+    async def _open_parallel(self, base: Connection, liveness: Liveness) -> None:
+        """Establish the parallel session (paced like any re-establishment, SC-144), as long as
+        the current session stays silent; the first one that answers its ``GET /config`` wins."""
+        delay = 0.0
+        while self._parallel_wanted(base, liveness):
+            wait = max(delay, self._last_attempt + self.reconnect_min_interval - time.monotonic())
+            if wait > 0:
+                await asyncio.sleep(wait)
+                if not self._parallel_wanted(base, liveness):
+                    return
+            self._last_attempt = time.monotonic()
+            try:
+                conn = await self._connector.connect(self._site, self._tx_config(), under_attack=True)
+            except DotsConnectionError as exc:
+                delay = self._backoff.failed()
+                log.info("parallel session not established (%s); next attempt in %.0f s", exc, delay)
+                continue
+            if not self._parallel_wanted(base, liveness) or not conn.probe.code.is_successful():
+                if not conn.probe.code.is_successful():  # e.g. a redirection: not followed for a parallel session
+                    log.info("parallel session answered %s; not used", _code(conn.probe))
+                await conn.close()
+                return
+            self._backoff.succeeded()
+            self._parallel = conn
+            self._parallel_pacer = NonPacer()
+            if conn.probe_rtt < float(self._tx_config().ack_timeout):
+                self._parallel_pacer.rtt.sample(conn.probe_rtt)
+            self._parallel_since = time.monotonic()
+            self._parallel_ok_at = None  # set by its first answered heartbeat or request
+            self._hb_since_parallel = 0
+            self.parallel_opened += 1
+            log.warning("parallel signal channel session over %s: mitigation requests go over both (SC-149)",
+                        conn.candidate)
+            return
+
+    def _drop_parallel(self, reason: str) -> None:
+        """Stop using (or trying to open) the parallel session."""
+        task, self._parallel_task = self._parallel_task, None
+        if task is not None and not task.done() and task is not asyncio.current_task():
+            task.cancel()
+        par, self._parallel = self._parallel, None
+        if par is not None:
+            self.parallel_dropped += 1
+            log.debug("parallel session over %s closed: %s", par.candidate, reason)
+            self._spawn(par.close())
+
+    def _promote_parallel(self, reason: str) -> None:
+        """The parallel session works and the old one stays silent: it becomes the session."""
+        par, old = self._parallel, self._conn
+        if par is None:
+            return
+        log.warning("signal channel moves to the parallel session over %s: %s", par.candidate, reason)
+        self._parallel = None
+        self.parallel_promoted += 1
+        self._install(par)
+        if old is not None:
+            self._spawn(old.close())
+
+    def _saturation_heartbeat(self, liveness: Liveness) -> bool:
+        """A heartbeat is due on the silent session while a parallel one exists: promote the
+        parallel session if the old one stayed silent long enough, else heartbeat both.
+        Returns True when the session was promoted (the due heartbeat is then not sent)."""
+        par = self._parallel
+        if liveness is not self.liveness:
+            return False
+        if par is None:
+            if liveness.phase is Phase.DEGRADED and liveness.parallel_attempt:
+                self._start_parallel()  # the attempt failed or the parallel session was lost: again
+            return False
+        needed = self.parallel_promote_after or liveness.threshold
+        now = time.monotonic()
+        recent = (needed + 1) * max(1.0, float(liveness.config.heartbeat_interval))
+        if (self._hb_since_parallel >= needed and self._parallel_ok_at is not None
+                and now - self._parallel_ok_at <= recent):
+            self._promote_parallel(f"{self._hb_since_parallel} heartbeats unanswered on the old session "
+                                   "while the parallel one answers")
+            return True
+        self._hb_since_parallel += 1
+        self._spawn(self._send_heartbeat(liveness.peer_hb_status(now), par, parallel=True))
+        return False
+
+    async def _send_heartbeat(self, status: bool, conn: Connection | None, *, parallel: bool = False) -> None:
         if conn is None or self.liveness is None:
             return
         msg = Message.new(MessageType.HEARTBEAT)
@@ -499,6 +653,10 @@ class DotsClient:
                                               max(1.0, float(liveness.config.heartbeat_interval)))
         except (TimeoutError, coap_error.Error, OSError) as exc:
             log.debug("heartbeat unanswered: %s", exc)
+            return
+        if parallel:
+            if response.code == coap.CHANGED and conn is self._parallel:
+                self._parallel_ok_at = time.monotonic()
             return
         if response.code == coap.CHANGED and liveness is self.liveness:
             self.heartbeats_answered += 1
@@ -521,6 +679,11 @@ class DotsClient:
             self._wake.set()
 
     async def _reestablish(self, reason: str) -> None:
+        par = self._parallel
+        if par is not None and self._switch_to is None:  # the parallel session (§4.7) takes over
+            self._lost_reason = None
+            self._promote_parallel(f"the old session failed ({reason})")
+            return
         old, self._conn = self._conn, None
         self._lost_reason = None
         self._connected.clear()
@@ -679,7 +842,7 @@ class DotsClient:
         while True:
             conn = await self._wait_connected(deadline)
 
-            def make(conn: Connection = conn) -> aiocoap.Message:
+            def make(conn: Connection) -> aiocoap.Message:
                 msg = aiocoap.Message(code=method, uri=conn.uri(*segments),
                                       transport_tuning=tuning(self._tx_config(), confirmable))
                 if query:
@@ -697,21 +860,67 @@ class DotsClient:
                     msg.opt.etags = [etag]
                 return msg
 
+            par = self._parallel
+            # SC-149: mitigation requests go over the silent session *and* the parallel one
+            dual = par is not None and par is not conn and segments[:1] == (rfc9132.PATH_MITIGATE,) and not observe
             try:
-                if conn.reliable or confirmable:
-                    result = await self._once(conn, make, deadline, blockwise)
+                if dual and par is not None:
+                    result, answered = await self._both(conn, par, make, deadline, blockwise, confirmable)
                 else:
-                    result = await self._non(conn, make, deadline, blockwise)
+                    result, answered = await self._exchange(conn, make, deadline, blockwise, confirmable), conn
             except _Broken as exc:
                 self._session_broken(conn, exc.reason)
                 continue
-            self._traffic(conn)
+            self._traffic(answered)  # only counts for the current session
+            if answered is self._parallel:
+                self._parallel_ok_at = time.monotonic()
             red = Redirection.from_response(result[0], from_server=self.server) if self.follow_redirects else None
             if red is not None:  # SC-136: the request failed; re-send it to the alternate server
                 mid = next((int(x[4:]) for x in segments if x.startswith("mid=")), None)
                 await self._redirected(red, conn, mid if method == coap.PUT else None)
                 continue
             return result
+
+    async def _exchange(self, conn: Connection, make: Callable[[Connection], aiocoap.Message], deadline: float,
+                        blockwise: bool, confirmable: bool) -> tuple[aiocoap.Message, Any]:
+        """One request on *conn*: sent once (TLS, CON) or repeated until answered (NON)."""
+        if conn.reliable or confirmable:
+            return await self._once(conn, lambda: make(conn), deadline, blockwise)
+        pacer = self._parallel_pacer if conn is self._parallel else self._pacer
+        return await self._non(conn, lambda: make(conn), deadline, blockwise, pacer=pacer)
+
+    async def _both(self, conn: Connection, par: Connection, make: Callable[[Connection], aiocoap.Message],
+                    deadline: float, blockwise: bool, confirmable: bool
+                    ) -> tuple[tuple[aiocoap.Message, Any], Connection]:
+        """SC-149: the same request over the current and the parallel session; the first answer
+        wins and the other copy stops.  Raises what the current session's copy raised when
+        neither answers (a failure of the parallel copy only drops the parallel session)."""
+        tasks = {asyncio.ensure_future(self._exchange(c, make, deadline, blockwise, confirmable)): c
+                 for c in (conn, par)}
+        failure: BaseException | None = None
+        try:
+            while tasks:
+                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    c = tasks.pop(task)
+                    exc = task.exception()
+                    if exc is None:
+                        return task.result(), c
+                    if c is par:
+                        log.info("request on the parallel session failed: %s", exc)
+                        if isinstance(exc, _Broken) and par is self._parallel:
+                            self._drop_parallel(f"it failed: {exc}")
+                    else:
+                        failure = exc
+                        if isinstance(exc, _Broken):  # the parallel session may take over (_reestablish)
+                            self._session_broken(conn, exc.reason)
+            assert failure is not None
+            raise failure
+        finally:
+            for task in tasks:
+                task.cancel()
+            if tasks:
+                await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _once(self, conn: Connection, make: Callable[[], aiocoap.Message], deadline: float,
                     blockwise: bool = True) -> tuple[aiocoap.Message, Any]:
@@ -726,8 +935,8 @@ class DotsClient:
         return response, req
 
     async def _non(self, conn: Connection, make: Callable[[], aiocoap.Message], deadline: float,
-                   blockwise: bool = True) -> tuple[aiocoap.Message, Any]:
-        nr = NonRequest(self._pacer, time.monotonic(), deadline=deadline)
+                   blockwise: bool = True, *, pacer: NonPacer | None = None) -> tuple[aiocoap.Message, Any]:
+        nr = NonRequest(pacer or self._pacer, time.monotonic(), deadline=deadline)
         pending: list[Any] = []
         try:
             while True:
@@ -773,7 +982,39 @@ class DotsClient:
             if held:
                 self.state.raise_mid_floor(self.cuid, max(held))
         self._mid_synced = True
-        return self.state.allocate_mid(self.cuid)
+        async with self._mid_lock:
+            mid, rolled = self.state.allocate_mid_checked(self.cuid)
+            if rolled:
+                mid = await self._recreate_preconfigured(mid)
+            return mid
+
+    async def _recreate_preconfigured(self, first: int) -> int:
+        """SC-033: 'mid' rolled over to *first* (0): recreate the preconfigured requests
+        ('trigger-mitigation' false) with the mids restarting there; returns the next free mid.
+
+        Each old request is withdrawn before its copy is created: the server would refuse a
+        lower mid overlapping a higher one of the same client (§4.4.1, 4.09).  A request whose
+        DELETE fails is kept under its old mid; one whose new PUT fails is lost (logged).
+        """
+        mid = first
+        for stored in self.state.preconfigured(self.cuid):
+            if stored.mid < first:
+                continue
+            log.info("mid rollover: recreating preconfigured request %s as mid %s (SC-033)", stored.mid, mid)
+            try:
+                await self.withdraw(stored.mid)
+            except (DotsError, DotsConnectionError) as exc:
+                log.error("mid rollover: preconfigured request %s not recreated (withdrawal failed: %s)",
+                          stored.mid, exc)
+                continue
+            try:
+                await self._put_scope(mid, dict(stored.scope))
+                self.recreated_after_rollover.append((stored.mid, mid))
+            except (DotsError, DotsConnectionError) as exc:
+                log.error("mid rollover: preconfigured request %s withdrawn but its copy (mid %s) failed: %s",
+                          stored.mid, mid, exc)
+            mid = self.state.allocate_mid(self.cuid)  # a mid once sent is not reused
+        return mid
 
     def _activity_changed(self) -> None:
         if self.liveness is not None and self.liveness.phase is not Phase.LOST:
@@ -784,12 +1025,74 @@ class DotsClient:
                        protocols: Iterable[int] = (), fqdns: Iterable[str] = (), uris: Iterable[str] = (),
                        lifetime: int = rfc9132.DEFAULT_LIFETIME, trigger_mitigation: bool = True, *,
                        aliases: Iterable[str] = (), mid: int | None = None) -> MitigationResult:
-        """Request mitigation (PUT mitigate/cuid/mid, §4.4.1); raises DotsError (e.g. 4.09 + conflict)."""
+        """Request mitigation (PUT mitigate/cuid/mid, §4.4.1); raises DotsError (e.g. 4.09 + conflict).
+
+        A request too large for one message (§7.3, :meth:`message_limit`) is not sent:
+        :class:`~agent.client.split.RequestTooLargeError` (its ``pieces`` says how many PUTs it
+        needs) -- :meth:`mitigate_all` splits it (SC-170).
+        """
         scope = build_scope(target_prefixes, ports, protocols, fqdns, uris, aliases, lifetime,
                             trigger_mitigation)
+        if not self._fits(scope):
+            pieces = len(split_scope(scope, self._fits))  # raises if even splitting cannot help
+            raise RequestTooLargeError(f"the request does not fit one message within {self.message_limit().message} "
+                                       f"bytes (RFC 9132 §7.3): it needs {pieces} PUTs; use mitigate_all()", pieces)
         if mid is None:
             mid = await self._allocate_mid()
         return await self._put_scope(mid, scope, created_ok=True)
+
+    async def mitigate_all(self, target_prefixes: Iterable[str] = (), ports: Iterable[Port] = (),
+                           protocols: Iterable[int] = (), fqdns: Iterable[str] = (), uris: Iterable[str] = (),
+                           lifetime: int = rfc9132.DEFAULT_LIFETIME, trigger_mitigation: bool = True, *,
+                           aliases: Iterable[str] = ()) -> list[MitigationResult]:
+        """Request mitigation like :meth:`mitigate`, split into several PUTs with their own mids
+        when it does not fit one message (SC-170, :mod:`agent.client.split`); one result per PUT,
+        in order (a single one when no split is needed).
+
+        The pieces are sent one after the other.  A failure raises that piece's error after the
+        earlier pieces were created: a :class:`DotsError` then has ``details["created"]`` (their
+        mids) and ``details["pieces"]``.
+        """
+        scope = build_scope(target_prefixes, ports, protocols, fqdns, uris, aliases, lifetime,
+                            trigger_mitigation)
+        pieces = split_scope(scope, self._fits)
+        if len(pieces) > 1:
+            log.info("request split into %d PUTs to fit %d-byte messages (RFC 9132 §7.3)", len(pieces),
+                     self.message_limit().message)
+        results: list[MitigationResult] = []
+        for piece in pieces:
+            mid = await self._allocate_mid()
+            try:
+                results.append(await self._put_scope(mid, piece, created_ok=True))
+            except DotsError as exc:
+                exc.details.update({"created": [r.mid for r in results], "pieces": len(pieces)})
+                raise
+        return results
+
+    def message_limit(self) -> MessageLimit:
+        """The largest request message (§7.3).  DTLS (also for ``transport="auto"``, since the
+        session may run or move to DTLS): ``pmtu`` minus IPv6/UDP headers, the DTLS 1.2 record
+        header and the AEAD expansion.  TLS: ``tls_max_message`` (default: no limit)."""
+        limits = []
+        if self.transport_choice in ("dtls", "auto"):
+            limits.append(MessageLimit.for_dtls(self.pmtu))
+        if self.tls_max_message is not None and self.transport_choice in ("tls", "auto"):
+            limits.append(MessageLimit(self.tls_max_message, self.tls_max_message))
+        if not limits:
+            return MessageLimit.unlimited()
+        return MessageLimit(min(x.message for x in limits), min(x.payload for x in limits))
+
+    def _fits(self, scope: dict[str, Any]) -> bool:
+        """Whether a PUT of *scope* fits :meth:`message_limit` -- checked for its largest form
+        (the longest mid, an efficacy update's 'attack-status' and If-Match) so the renewals and
+        efficacy updates of a request fit as well."""
+        limit = self.message_limit()
+        if limit.message >= MessageLimit.unlimited().message:
+            return True
+        payload = _scope_message({**scope, "attack-status": "attack-successfully-mitigated"})
+        path = (*rfc9132.WELL_KNOWN, rfc9132.PATH_MITIGATE, f"cuid={self.cuid}", f"mid={2**32 - 1}")
+        return (len(payload) <= limit.payload
+                and coap_request_size(path, payload, if_match=True) <= limit.message)
 
     @staticmethod
     def _scope_key(scope: dict[str, Any]) -> str:

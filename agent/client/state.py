@@ -43,6 +43,12 @@ class StoredRequest:
     def alive(self, now: float) -> bool:
         return self.expires_at is None or now < self.expires_at
 
+    @property
+    def preconfigured(self) -> bool:
+        """A request with a preconfigured scope ('trigger-mitigation' false, §4.4.1): stored at
+        the server, mitigated only when the signal channel is lost -- not an attack."""
+        return self.scope.get("trigger-mitigation") is False
+
 
 class ClientState:
     """Per-cuid identifiers and requests, optionally persisted in ``path`` (JSON)."""
@@ -94,14 +100,26 @@ class ClientState:
 
     # -- mids -------------------------------------------------------------------------
     def allocate_mid(self, cuid: str, now: float | None = None) -> int:
-        """The next mid for *cuid* (SC-031; SC-032 rollover when nothing is active)."""
+        """The next mid for *cuid* (SC-031; SC-032 rollover when no attack is being mitigated).
+
+        Preconfigured requests (``trigger-mitigation`` false) do not prevent the rollover: they
+        are not an attack, and the caller recreates them with the mids restarting at 0
+        (SC-033, ``DotsClient``).  A return value lower than :meth:`last_mid` was before the
+        call is a rollover.
+        """
+        return self.allocate_mid_checked(cuid, now)[0]
+
+    def allocate_mid_checked(self, cuid: str, now: float | None = None) -> tuple[int, bool]:
+        """:meth:`allocate_mid`, and whether this allocation rolled 'mid' over to 0 (SC-032)."""
         now = time.time() if now is None else now
         with self._locked() as data:
             c = self._client(data, cuid)
-            active = any(self._stored(mid, r).alive(now) for mid, r in c["requests"].items())
-            mid = next_mid(c["last-mid"], active)
+            active = any(s.alive(now) and not s.preconfigured
+                         for s in (self._stored(mid, r) for mid, r in c["requests"].items()))
+            last = c["last-mid"]
+            mid = next_mid(last, active)
             c["last-mid"] = mid
-            return mid
+            return mid, last is not None and mid < last
 
     def raise_mid_floor(self, cuid: str, mid: int) -> None:
         """Never hand out *mid* or lower again (e.g. the server still holds it: state was lost)."""
@@ -137,6 +155,11 @@ class ClientState:
         self._refresh()
         reqs = self._client(self._data, cuid)["requests"]
         return sorted((self._stored(m, r) for m, r in reqs.items()), key=lambda r: r.mid)
+
+    def preconfigured(self, cuid: str, now: float | None = None) -> list[StoredRequest]:
+        """The alive requests with a preconfigured scope (SC-033), by mid."""
+        now = time.time() if now is None else now
+        return [r for r in self.requests(cuid) if r.alive(now) and r.preconfigured]
 
     def active(self, cuid: str, now: float | None = None) -> list[StoredRequest]:
         now = time.time() if now is None else now
