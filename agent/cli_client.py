@@ -82,12 +82,15 @@ def _scope_line(scope: dict[str, Any]) -> str:
 async def _action(args: argparse.Namespace, client: Any, out: Output) -> int:
     action = args.action
     if action == "mitigate":
-        result = await client.mitigate(target_prefixes=args.target_prefix or [], ports=args.port or [],
-                                       protocols=args.protocol or [], fqdns=args.fqdn or [], uris=args.uri or [],
-                                       lifetime=args.lifetime, trigger_mitigation=not args.no_trigger)
-        extra = f" ({result.conflict.describe()})" if result.conflict else ""
-        out.emit(result.to_json_obj(), f"mid {result.mid}: {result.code} {'Created' if result.created else 'Changed'}"
-                 f", lifetime {result.lifetime}{extra}")
+        # A request too large for one datagram is split over several mids (RFC 9132 §7.3, SC-170).
+        results = await client.mitigate_all(target_prefixes=args.target_prefix or [], ports=args.port or [],
+                                             protocols=args.protocol or [], fqdns=args.fqdn or [],
+                                             uris=args.uri or [], lifetime=args.lifetime,
+                                             trigger_mitigation=not args.no_trigger)
+        for result in results:
+            extra = f" ({result.conflict.describe()})" if result.conflict else ""
+            out.emit(result.to_json_obj(), f"mid {result.mid}: {result.code} "
+                     f"{'Created' if result.created else 'Changed'}, lifetime {result.lifetime}{extra}")
     elif action == "refresh":
         result = await client.refresh(args.mid, args.lifetime)
         out.emit(result.to_json_obj(), f"mid {result.mid}: {result.code}, lifetime {result.lifetime}")

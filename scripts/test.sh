@@ -1,8 +1,15 @@
 #!/usr/bin/env bash
 # Install, then run the whole test suite, the linter and the bindings drift check.
+# The per-statement conformance report (RFC 9132 / RFC 9066) goes to conformance/report.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
 .venv/bin/ruff check .
 .venv/bin/python -m bindings.build --check
-exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
+mkdir -p conformance
+status=0
+.venv/bin/python -m pytest -q -p no:cacheprovider --conformance-report conformance/report.md "$@" || status=$?
+if [ -f conformance/report.md ]; then
+  sed -n '/^## Summary/,/^$/p' conformance/report.md
+fi
+exit $status
