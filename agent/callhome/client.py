@@ -42,6 +42,7 @@ from aiocoap import Message
 from aiocoap import numbers as coap
 from aiocoap.resource import Resource
 
+from agent.aio import cancel_and_wait
 from agent.codec import CodecError, Direction, MessageType, decode_cbor
 from agent.codec.messages import encode_members
 from agent.numbers import rfc9066, rfc9132
@@ -400,15 +401,7 @@ class CallHomeClient:
                  ", ".join(f"{t} {h}:{p}" for t, a in self.addresses.items() for h, p in a))
 
     async def stop(self) -> None:
-        for t in [self._ticker, *self._tasks]:
-            if t is not None:
-                t.cancel()
-        for t in [self._ticker, *self._tasks]:
-            if t is not None:
-                try:
-                    await t
-                except (asyncio.CancelledError, Exception):
-                    pass
+        await cancel_and_wait([self._ticker, *self._tasks])
         if self.context is not None:
             await self.context.shutdown()
 

@@ -55,7 +55,7 @@ from agent import mgmt_embed
 from agent.numbers import rfc9066
 from agent.numbers.rfc9132 import Status
 from agent.server.sessions import config_members
-from agent.server.state import SCOPE_STATE_KEYS, heartbeat_state
+from agent.server.state import SCOPE_STATE_KEYS, StatusNotifier, heartbeat_state
 from agent.transports.credentials import Credentials
 from agent.transports.identity import peer_address
 from mgmt.errors import MgmtError
@@ -287,39 +287,6 @@ class CpeState:
         return out
 
 
-class StatusNotifier:
-    """Mitigation-service observer (CPE) -> ``mitigation-status-change`` with role call-home-server."""
-
-    def __init__(self, server: CallHomeServer, mgmt: Management) -> None:
-        self.server = server
-        self.mgmt = mgmt
-        self.last: dict[tuple[str, int], str] = {}
-        self._tasks: set[asyncio.Task[Any]] = set()
-        for key, e in server.service.entries.items():  # restored from the store
-            if e.machine.status is not None:
-                self.last[key] = e.machine.status.yang
-
-    def __call__(self, entry: Entry) -> None:
-        key = (entry.cuid, entry.mid)
-        present = self.server.service.get(entry.cuid, entry.mid) is entry
-        status = (entry.machine.status if present else None) or Status.ATTACK_MITIGATION_TERMINATED
-        previous = self.last.get(key)
-        if present:
-            self.last[key] = status.yang
-        else:
-            self.last.pop(key, None)
-        if status.yang == previous:
-            return
-        event: dict[str, Any] = {"role": "call-home-server", "cuid": entry.cuid, "mid": entry.mid,
-                                 "status": status.yang}
-        if previous is not None:
-            event["previous-status"] = previous
-        a = self.server.association
-        event["peer"] = self.server.options.peer_name if a is not None and a.cuid == entry.cuid and \
-            self.server.options.peer_name else entry.cuid
-        _spawn_notification(self.mgmt, self._tasks, event)
-
-
 def _spawn_notification(mgmt: Management, tasks: set[asyncio.Task[Any]], event: dict[str, Any]) -> None:
     async def send() -> None:
         try:
@@ -388,7 +355,12 @@ class CpeManagement:
         rpcs = ConsentRpcs(server)
         self.mgmt.register_rpc("approve-mitigation", rpcs.approve)
         self.mgmt.register_rpc("reject-mitigation", rpcs.reject)
-        self._notifier = StatusNotifier(server, self.mgmt)
+        def peer_name(entry: Entry) -> str:
+            a = server.association
+            named = a is not None and a.cuid == entry.cuid and server.options.peer_name
+            return server.options.peer_name if named else entry.cuid
+
+        self._notifier = StatusNotifier(server.service, self.mgmt.notify, role="call-home-server", peer_of=peer_name)
         server.service.observers.append(self._notifier)
         creds = server.options.credentials
         self.addresses = await mgmt_embed.start_servers(

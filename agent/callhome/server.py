@@ -52,6 +52,7 @@ import aiocoap
 from aiocoap import Message
 from aiocoap import numbers as coap
 
+from agent.aio import cancel_and_wait
 from agent.mitigators.interface import Mitigator
 from agent.mitigators.log import LogMitigator
 from agent.numbers import rfc9132
@@ -234,15 +235,7 @@ class CallHomeServer:
 
     async def stop(self) -> None:
         self._closing = True
-        for t in [self._dialer, *self._tasks]:
-            if t is not None:
-                t.cancel()
-        for t in [self._dialer, *self._tasks]:
-            if t is not None:
-                try:
-                    await t
-                except (asyncio.CancelledError, Exception):
-                    pass
+        await cancel_and_wait([self._dialer, *self._tasks])
         if self.context is not None:
             await self.context.shutdown()
         await self.service.stop()

@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agent.aio import cancel_and_wait
 from agent.transports.credentials import Credentials
 
 from .connection import DotsConnectionError, ServerSpec
@@ -167,14 +168,7 @@ class FallbackClient:
 
     async def close(self) -> None:
         self._closing = True
-        tasks = [t for t in (*self._workers.values(), self._monitor) if t is not None]
-        for t in tasks:
-            t.cancel()
-        for t in tasks:
-            try:
-                await t
-            except (asyncio.CancelledError, Exception):
-                pass
+        await cancel_and_wait([*self._workers.values(), self._monitor])
         for c in self.clients:
             if c is not None:
                 await c.close()

@@ -102,6 +102,7 @@ from aiocoap import numbers as coap
 from aiocoap.optiontypes import BlockOption
 from aiocoap.resource import Resource, Site
 
+from agent.aio import cancel_and_wait
 from agent.codec import CodecError, Direction, Message, MessageType, decode_cbor
 from agent.codec import cbor as codec_cbor
 from agent.codec.messages import from_members
@@ -419,14 +420,7 @@ class DotsClient:
     async def close(self) -> None:
         self._closing = True
         self._wake.set()
-        tasks = [t for t in (self._runner, *self._tasks) if t is not None]
-        for t in tasks:
-            t.cancel()
-        for t in tasks:
-            try:
-                await t
-            except (asyncio.CancelledError, Exception):
-                pass
+        await cancel_and_wait([self._runner, *self._tasks])
         if self._parallel is not None:
             await self._parallel.close()
             self._parallel = None

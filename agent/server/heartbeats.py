@@ -19,6 +19,7 @@ import aiocoap
 from aiocoap import Message
 from aiocoap import numbers as coap
 
+from agent.aio import cancel_and_wait
 from agent.codec import Message as DotsMessage
 from agent.codec import MessageType
 from agent.numbers import rfc9132
@@ -52,15 +53,7 @@ class HeartbeatSender:
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
-        for t in [self._task, *self._inflight]:
-            if t is not None:
-                t.cancel()
-        for t in [self._task, *self._inflight]:
-            if t is not None:
-                try:
-                    await t
-                except (asyncio.CancelledError, Exception):
-                    pass
+        await cancel_and_wait([self._task, *self._inflight])
 
     async def _run(self) -> None:
         while True:

@@ -33,6 +33,7 @@ from .state import ServerState, StatusNotifier
 
 if TYPE_CHECKING:
     from .app import DotsServer
+    from .mitigations import Entry
 
 log = logging.getLogger("dots.server")
 ROOT = "dots-agent:dots-agent"
@@ -86,7 +87,11 @@ class ServerManagement:
         """Wire the seams to a started *server*, then open the management ports."""
         self.mgmt.add_subscriber(ConfigApplier(server))
         self.mgmt.set_state_provider(ServerState(server))
-        server.service.observers.append(StatusNotifier(server, self.mgmt.notify))
+        def client_name(entry: Entry) -> str:
+            policy = next((c for c in server.settings.clients if c.cuid == entry.cuid), None)
+            return policy.name if policy is not None else entry.cuid
+
+        server.service.observers.append(StatusNotifier(server.service, self.mgmt.notify, peer_of=client_name))
         self.addresses = await mgmt_embed.start_servers(
             self.mgmt, self.opts, (Path(self.creds.cert), Path(self.creds.key), Path(self.creds.cafile)))
         return self.addresses

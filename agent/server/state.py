@@ -32,7 +32,7 @@ from .sessions import Session, SessionRegistry, config_members
 
 if TYPE_CHECKING:
     from .app import DotsServer
-    from .mitigations import Entry
+    from .mitigations import Entry, MitigationService
 
 log = logging.getLogger("dots.server")
 ROOT = "dots-agent:dots-agent"
@@ -166,20 +166,27 @@ def entry_status(entry: Entry, present: bool) -> Status:
 
 
 class StatusNotifier:
-    """MitigationService observer -> ``mitigation-status-change`` notifications."""
+    """MitigationService observer -> ``mitigation-status-change`` notifications (one per change).
 
-    def __init__(self, server: DotsServer, notify: Callable[[dict[str, Any]], Awaitable[int]]) -> None:
-        self.server = server
+    ``role`` is the agent's role in the notification (``server``, ``call-home-server``);
+    ``peer_of`` names the peer of a request (default: its cuid).
+    """
+
+    def __init__(self, service: MitigationService, notify: Callable[[dict[str, Any]], Awaitable[int]], *,
+                 role: str = "server", peer_of: Callable[[Entry], str] | None = None) -> None:
+        self.service = service
         self._notify = notify
+        self.role = role
+        self.peer_of = peer_of or (lambda e: e.cuid)
         self.last: dict[tuple[str, int], str] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
-        for key, e in server.service.entries.items():  # restored from the store
+        for key, e in service.entries.items():  # restored from the store
             if e.machine.status is not None:
                 self.last[key] = e.machine.status.yang
 
     def __call__(self, entry: Entry) -> None:
         key = (entry.cuid, entry.mid)
-        present = self.server.service.get(entry.cuid, entry.mid) is entry
+        present = self.service.get(entry.cuid, entry.mid) is entry
         status = entry_status(entry, present).yang
         previous = self.last.get(key)
         if present:
@@ -188,11 +195,10 @@ class StatusNotifier:
             self.last.pop(key, None)
         if status == previous:
             return
-        event: dict[str, Any] = {"role": "server", "cuid": entry.cuid, "mid": entry.mid, "status": status}
+        event: dict[str, Any] = {"role": self.role, "cuid": entry.cuid, "mid": entry.mid, "status": status}
         if previous is not None:
             event["previous-status"] = previous
-        policy = next((c for c in self.server.settings.clients if c.cuid == entry.cuid), None)
-        event["peer"] = policy.name if policy is not None else entry.cuid
+        event["peer"] = self.peer_of(entry)
         task = asyncio.get_running_loop().create_task(self._send({f"{MODULE}:mitigation-status-change": event}))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
