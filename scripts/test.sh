@@ -10,6 +10,6 @@ mkdir -p conformance
 status=0
 .venv/bin/python -m pytest -q -p no:cacheprovider --conformance-report conformance/report.md "$@" || status=$?
 if [ -f conformance/report.md ]; then
-  sed -n '/^## Summary/,/^$/p' conformance/report.md
+  sed -n '/^## Summary/,/^| id /p' conformance/report.md | grep -v '^| id '
 fi
 exit $status
