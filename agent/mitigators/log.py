@@ -32,7 +32,7 @@ class LogMitigator:
     async def apply(self, action: MitigationAction) -> None:
         verb = "replace" if action.key in self._installed else "apply"
         self._installed[action.key] = action
-        log.info("%s %s: %s", verb, action.key, action)
+        log.info("%s %s: %s", verb, action.key, describe(action))
 
     async def remove(self, key: str) -> None:
         if self._installed.pop(key, None) is not None:
@@ -47,9 +47,31 @@ class LogMitigator:
             log.info("reconcile: remove stale %s", key)
         for key, a in wanted.items():
             if self._installed.get(key) != a:
-                log.info("reconcile: apply %s: %s", key, a)
+                log.info("reconcile: apply %s: %s", key, describe(a))
         self._installed = wanted
 
     async def close(self) -> None:
         self.closed = True
         log.info("close (%d mitigations installed)", len(self._installed))
+
+
+def _ranges(ranges: tuple[tuple[int, int], ...]) -> str:
+    return ",".join(str(lo) if lo == hi else f"{lo}-{hi}" for lo, hi in ranges)
+
+
+def describe(a: MitigationAction) -> str:
+    """One short line: what would be enforced (``drop dst 198.51.100.0/24 port 443 proto 6``)."""
+    parts = [a.action if a.action == "drop" else f"rate-limit {a.rate_limit_pps} pps"]
+    if a.source_prefixes:
+        parts.append("src " + ",".join(map(str, a.source_prefixes)))
+    if a.source_port_ranges:
+        parts.append("sport " + _ranges(a.source_port_ranges))
+    if a.source_icmp_type_ranges:
+        parts.append("icmp-type " + _ranges(a.source_icmp_type_ranges))
+    if a.target_prefixes:
+        parts.append("dst " + ",".join(map(str, a.target_prefixes)))
+    if a.target_port_ranges:
+        parts.append("port " + _ranges(a.target_port_ranges))
+    if a.target_protocols:
+        parts.append("proto " + ",".join(map(str, a.target_protocols)))
+    return " ".join(parts)
