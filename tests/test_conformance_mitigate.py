@@ -40,8 +40,9 @@ def pki(tmp_path: Path) -> Path:
 
 @pytest.fixture
 async def server(pki: Path, tmp_path: Path) -> Any:
+    config = {"dots-agent:dots-agent": {"server": {"max-mitigations-per-client": 500}}}  # the Block2 test needs 80
     s = DotsServer(ServerOptions(credentials=Credentials.from_pki_dir(pki, "server"), listen=["127.0.0.1"],
-                                 port=0, db=tmp_path / "s.db", heartbeats=False))
+                                 port=0, db=tmp_path / "s.db", heartbeats=False, config=config))
     await s.start()
     yield s
     await s.stop()

@@ -151,3 +151,29 @@ async def test_flood_of_malformed_messages(server: ServerProcess) -> None:
     finally:
         await send(ctx, keep, code=coap.DELETE, cf=None)
         await ctx.shutdown()
+
+
+async def test_per_client_limit_and_oversized_scope(tmp_path) -> None:
+    """A client cannot make the server hold unbounded requests or decide on huge scopes."""
+    cfg = {"dots-agent:dots-agent": {"server": {"max-mitigations-per-client": 3}}}
+    server = ServerProcess(tmp_path, config=cfg).start()
+    ctx = await raw_client(server.pki)
+    cuid = server.client_cuid
+    try:
+        for mid in (1, 2, 3):
+            body = cbor2.dumps({1: {2: [{6: [f"198.51.100.{mid}/32"], 14: 60}]}})
+            assert (await send(ctx, server.uri("tls", f"mitigate/cuid={cuid}/mid={mid}"), payload=body)).code \
+                == coap.CREATED
+        body = cbor2.dumps({1: {2: [{6: ["198.51.100.9/32"], 14: 60}]}})
+        resp = await send(ctx, server.uri("tls", f"mitigate/cuid={cuid}/mid=4"), payload=body)
+        assert resp.code == coap.BAD_REQUEST and "holds 3" in diag(resp)
+        refresh = cbor2.dumps({1: {2: [{6: ["198.51.100.1/32"], 14: 120}]}})
+        assert (await send(ctx, server.uri("tls", f"mitigate/cuid={cuid}/mid=1"), payload=refresh)).code \
+            == coap.CHANGED  # existing requests can still be renewed
+        huge = cbor2.dumps({1: {2: [{6: [f"10.{i // 256}.{i % 256}.0/24" for i in range(2000)], 14: 60}]}})
+        resp = await send(ctx, server.uri("tls", f"mitigate/cuid={cuid}/mid=5"), payload=huge)
+        assert resp.code == coap.BAD_REQUEST and "at most" in diag(resp)
+        assert server.alive()
+    finally:
+        await ctx.shutdown()
+        server.stop()

@@ -26,7 +26,8 @@ def server(tmp_path_factory: pytest.TempPathFactory):
     init_pki(work / "pki")
     config = {"dots-agent:dots-agent": {"server": {"clients": {"allow-unlisted": False, "client": [
         {"name": "customer", "cuid": certificate_cuid(work / "pki" / "client.crt"),
-         "protected-prefix": ["198.51.100.0/24"], "protected-fqdn": ["www.example.com"]}]}}}}
+         "protected-prefix": ["198.51.100.0/24"],
+         "protected-fqdn": ["www.example.com", "localhost", "invalid"]}]}}}}
     s = ServerProcess(work, config=config).start()
     yield s
     s.stop()
@@ -69,5 +70,16 @@ async def test_uri_host_inside_and_outside_the_client_domain(server: ServerProce
         assert scope["target-uri"] == ["https://198.51.100.9:8443/login"]
         await asyncio.sleep(0.2)
         assert "dst 198.51.100.9/32" in server.log.read_text()  # enforced on the URI's address
+    finally:
+        await ctx.shutdown()
+
+
+@pytest.mark.req("SC-038", "SC-037")
+async def test_name_outside_protected_fqdns_is_refused(server: ServerProcess) -> None:
+    ctx = await raw_client(server.pki)
+    try:
+        resp = await put(ctx, server.uri("tls", f"mitigate/cuid={server.client_cuid}/mid=4"),
+                         {11: ["www.example.net"], 14: 600})
+        assert resp.code == coap.BAD_REQUEST and "protected" in resp.payload.decode()
     finally:
         await ctx.shutdown()

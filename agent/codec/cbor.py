@@ -46,8 +46,11 @@ def key_label(key: int) -> str:
 
 
 # ----------------------------------------------------------------------------- CBOR -> JSON
+UINT64_MAX = 2**64 - 1
+
+
 def _is_uint(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+    return isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= UINT64_MAX
 
 
 def map_to_json(data: Any, path: str = "", reject: frozenset[int] = frozenset()) -> dict[str, Any]:
@@ -131,7 +134,7 @@ def value_to_json(key: int, major: Major, value: Any, path: str, reject: frozens
             raise bad("an unsigned integer")
         return str(value) if key in UINT64_KEYS else value
     if major is Major.UINT_OR_NEGINT:
-        if not isinstance(value, int) or isinstance(value, bool):
+        if not isinstance(value, int) or isinstance(value, bool) or not -(2**63) <= value <= UINT64_MAX:
             raise bad("an integer")
         return value
     if major is Major.BOOL:
@@ -141,6 +144,10 @@ def value_to_json(key: int, major: Major, value: Any, path: str, reject: frozens
     if major is Major.DECIMAL:
         if not isinstance(value, Decimal) or not value.is_finite():
             raise bad("a decimal fraction (tag 4)")
+        exponent = value.as_tuple().exponent
+        # decimal64 with 2 fraction digits: exponent -2..0 and an int64 mantissa (RFC 9132 §6)
+        if not isinstance(exponent, int) or not -18 <= exponent <= 0 or abs(value) >= Decimal(2**63) / 100:
+            raise CodecError(path, f"decimal fraction out of the decimal64 range (key {key})")
         return str(value)
     if major is Major.ENUM:
         if not _is_uint(value):

@@ -198,7 +198,12 @@ def decode_cbor(data: bytes, direction: Direction = Direction.REQUEST,
     if expect is not None and mtype is not expect:
         raise CodecError("/", f"expected a {expect.wire_name} message, got {mtype.wire_name}")
     members = cbor.map_to_json(body, f"/{mtype.value[1]}", reject=URI_ONLY)
-    return from_members(mtype, members, direction, f"/{mtype.value[1]}")
+    try:
+        return from_members(mtype, members, direction, f"/{mtype.value[1]}")
+    except (ValueError, ArithmeticError, OverflowError, RecursionError) as exc:
+        if isinstance(exc, CodecError):
+            raise
+        raise CodecError(f"/{mtype.value[1]}", f"invalid value: {exc}") from None
 
 
 def decode_json(text: str | bytes | dict[str, Any], direction: Direction = Direction.REQUEST,

@@ -137,6 +137,8 @@ class DotsServer:
             await add_tls_server(self.context, binds, creds)
             server = tls_server(self.context)
             self.addresses["tls"] = list(server.addresses) if server else binds
+            if server is not None:
+                server.on_connection_lost = lambda conn, _exc: self.sessions.closed(conn)
         if "dtls" in self.options.transports:
             self.addresses["dtls"] = []
             for host, _ in binds:
@@ -144,6 +146,7 @@ class DotsServer:
                 if port == 0 and "tls" in self.addresses:  # same port number for both (SC-001)
                     port = next((p for h, p in self.addresses["tls"] if h == host), 0)
                 t = await add_dtls_server(self.context, (host, port), creds)
+                t.on_closed = lambda remote, _reason: self.sessions.closed(remote)
                 self.addresses["dtls"].append((host, t.port))
         if self.options.heartbeats:
             self.heartbeats = HeartbeatSender(self.context, self.sessions, self.service)

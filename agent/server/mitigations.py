@@ -152,7 +152,11 @@ class MitigationService:
             entry = self._restore(rec)
             if self.RESOLVE_NAMES and (entry.targets.fqdns or entry.targets.uris):  # resolved again at restart
                 res = await resolve_targets(entry.targets.fqdns, entry.targets.uris, self.resolver)
-                entry.resolved = tuple(res.prefixes)
+                client = self.settings.client(entry.cuid)
+                allowed = client.prefixes if client is not None else ()
+                # the same checks as on the PUT: a name now pointing elsewhere is not enforced there
+                entry.resolved = tuple(p for p in res.prefixes
+                                       if not self._check_resolved(Resolution([p]), entry.targets, allowed))
             self._add(entry)
             self._arm(entry)
             if entry.machine.installed and self._enforceable(entry):
@@ -251,6 +255,27 @@ class MitigationService:
             return self._refused(cuid, mid, members, self._reject(
                 "4.00", "alias-name needs the DOTS data channel, which this server does not provide "
                 "(RFC 9132 §4.4.1.3)"))
+        limits = self.settings
+        count = len(targets.prefixes) + len(targets.fqdns) + len(targets.uris) + len(targets.source_prefixes)
+        if count > limits.max_targets_per_request:
+            return self._refused(cuid, mid, members, self._reject(
+                "4.00", f"{count} targets in one request; this server accepts at most "
+                f"{limits.max_targets_per_request} (split the request, RFC 9132 §7.3)"))
+        if len(targets.fqdns) + len(targets.uris) > limits.max_names_per_request:
+            return self._refused(cuid, mid, members, self._reject(
+                "4.00", f"at most {limits.max_names_per_request} target-fqdn/target-uri entries per request"))
+        if client.fqdns and targets.fqdns:
+            protected = [f.lower().rstrip(".") for f in client.fqdns]
+            outside = sorted(n for n in targets.fqdns
+                             if not any(n == p or n.endswith("." + p) for p in protected))
+            if outside:
+                return self._refused(cuid, mid, members, self._reject(
+                    "4.00", f"target-fqdn outside the client's protected names: {', '.join(outside)}"))
+        mine = self.by_client.get(cuid, {})
+        if mid not in mine and len(mine) >= limits.mitigation_limit(cuid):
+            return self._refused(cuid, mid, members, self._reject(
+                "4.00", f"this client holds {len(mine)} mitigation requests, the most this server "
+                "accepts from one client (RFC 9132 §4.4.1.3: a server MAY reject near capacity)"))
         resolved: tuple[str, ...] = ()
         if self.RESOLVE_NAMES and (targets.fqdns or targets.uris):  # SC-038/039: names get the prefix checks
             res = await resolve_targets(targets.fqdns, targets.uris, self.resolver)
@@ -381,6 +406,7 @@ class MitigationService:
             if transition.state is lifecycle.GONE:
                 work.writes.append(asyncio.ensure_future(self.store.delete_mitigation(cuid, mid)))
                 self._forget(entry)
+                work.notify.append(entry)  # observers learn that it ended
             else:
                 work.writes.append(asyncio.ensure_future(self.store.put_mitigation(entry.record)))
             self._plan(entry, transition.effects, work, persisted=True)

@@ -52,11 +52,17 @@ async def resolve_targets(fqdns: Iterable[str], uris: Iterable[str], resolver: R
             out.prefixes.append(_host_prefix(host))
         except ValueError:
             names.append(host)
-    for name in dict.fromkeys(names):
+    unique = list(dict.fromkeys(names))
+
+    async def one(name: str) -> list[str]:
         try:
-            addresses = await resolver(name)
+            return await asyncio.wait_for(resolver(name), TIMEOUT)
         except (OSError, TimeoutError, UnicodeError, ValueError):
-            addresses = []
+            return []
+
+    # concurrently, under one deadline for the whole request
+    results = await asyncio.gather(*(one(n) for n in unique))
+    for name, addresses in zip(unique, results, strict=True):
         if not addresses:
             out.failed.append(name)
         out.prefixes.extend(_host_prefix(a) for a in addresses)

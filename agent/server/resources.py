@@ -48,6 +48,9 @@ log = logging.getLogger("dots.server")
 CF = rfc9132.CONTENT_FORMAT_DOTS_CBOR
 TEXT = 0  # text/plain;charset=utf-8, for diagnostics
 NOTIFY_MIN_INTERVAL_UNRELIABLE = rfc9132.NON_INTERVAL_WITHOUT_RTT
+MAX_OBSERVATIONS_PER_CLIENT = 64
+# CoAP payload that fits one datagram with the 1280-byte path MTU after IP/UDP/DTLS/CoAP headers.
+DATAGRAM_PAYLOAD = 1024
 
 
 class Refused(Exception):
@@ -144,7 +147,9 @@ class DotsResource(Resource, PathCapable):
         self._settings = settings
         self.observations: list[Observation] = []
         self.counters = Counters()
+        self._config_locks: dict[str, asyncio.Lock] = {}
         service.observers.append(self._mitigation_changed)
+        service.observers.append(self._activity_changed)
 
     @property
     def settings(self) -> ServerSettings:
@@ -356,7 +361,11 @@ class DotsResource(Resource, PathCapable):
         cuid = await self._identify(request)
         p = self._params(params, ("sid",))
         msg = self._body(request, MessageType.SIGNAL_CONFIG)
-        members = msg.members()
+        lock = self._config_locks.setdefault(cuid, asyncio.Lock())
+        async with lock:  # read, decide and store one sid at a time per client (sids only increase)
+            return await self._config_put_locked(cuid, p, msg.members())
+
+    async def _config_put_locked(self, cuid: str, p: Params, members: dict[str, Any]) -> Message:
         current_sid, current = await self.sessions.config_of(cuid)
         decision = decide_config_put(
             p.sid, values_from_members(members.get("mitigating-config")),
@@ -412,6 +421,14 @@ class DotsResource(Resource, PathCapable):
             obs = Observation(pipe, cuid, "config", p.sid, "a", reliable=self._reliable(request))
         else:
             return await self.render(request)
+        if not obs.reliable and len(body) > DATAGRAM_PAYLOAD:
+            # Notifications are single NON messages: a status that needs Block2 is served as a
+            # plain (block-wise) answer instead, without registering (RFC 7641 §4.1 allows that).
+            log.info("observe of %s declined: %d bytes do not fit one datagram", cuid, len(body))
+            return await self.render(request)
+        if sum(1 for o in self.observations if o.cuid == cuid) >= MAX_OBSERVATIONS_PER_CLIENT:
+            log.warning("observe of %s declined: %d observations already", cuid, MAX_OBSERVATIONS_PER_CLIENT)
+            return await self.render(request)
         obs.last_sent, obs.last_payload = time.time(), body
         self.observations.append(obs)
         pipe.on_interest_end(lambda: self._drop(obs))
@@ -435,6 +452,10 @@ class DotsResource(Resource, PathCapable):
                 if gone and obs.mid is not None:
                     obs.final = entry
                 self._schedule(obs)
+
+    def _activity_changed(self, entry: Entry) -> None:
+        """SC-111: the client's sessions follow mitigating-config while it has an active request."""
+        self.sessions.set_activity(entry.cuid, self.service.any_active(entry.cuid))
 
     def _config_changed(self, cuid: str) -> None:
         for obs in list(self.observations):

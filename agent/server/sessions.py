@@ -144,5 +144,28 @@ class SessionRegistry:
     def drop(self, key: tuple[str, Any]) -> Session | None:
         return self.sessions.pop(key, None)
 
+    def set_activity(self, cuid: str, mitigating: bool) -> None:
+        """Switch the client's sessions between idle-config and mitigating-config (SC-110/111)."""
+        now = time.time()
+        for s in self.sessions.values():
+            if s.cuid == cuid:
+                try:
+                    s.liveness.set_activity(now, mitigating=mitigating)
+                except Exception:  # a session in its final phase keeps what it had
+                    pass
+
+    def closed(self, remote: Any) -> Session | None:
+        """The (D)TLS association of *remote* is gone.
+
+        A session with heartbeats is left to the liveness machine, which declares it lost (and
+        starts the requests armed for signal loss); one without heartbeats (interval 0) could
+        never be declared lost, so it is dropped at once.
+        """
+        key = self.key_of(remote)
+        s = self.sessions.get(key)
+        if s is not None and s.liveness.config.heartbeat_interval <= 0:
+            return self.sessions.pop(key)
+        return None
+
     def of_client(self, cuid: str) -> list[Session]:
         return [s for s in self.sessions.values() if s.cuid == cuid]

@@ -35,6 +35,7 @@ class ClientPolicy:
     fqdns: tuple[str, ...] = ()
     mitigator: str | None = None
     enabled: bool = True
+    max_mitigations: int | None = None  # overrides ServerSettings.max_mitigations_per_client
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,9 @@ class ServerSettings:
     rate_limit_pps: int | None = None
     redirect: Redirect | None = None
     config_max_age: int = 3600
+    max_mitigations_per_client: int = 64  # YANG default; bounds what one client can make the server hold
+    max_targets_per_request: int = 1024  # prefixes + names in one scope (decision cost is per pair)
+    max_names_per_request: int = 16  # target-fqdn + target-uri entries resolved per request
     conflict_policy: ConflictPolicy = ConflictPolicy.REJECT
 
     # -- lookups -------------------------------------------------------------------------
@@ -71,6 +75,12 @@ class ServerSettings:
         if self.allow_unlisted:
             return ClientPolicy(name=cuid, cuid=cuid, prefixes=None)
         return None
+
+    def mitigation_limit(self, cuid: str) -> int:
+        client = self.client(cuid)
+        if client is not None and client.max_mitigations is not None:
+            return client.max_mitigations
+        return self.max_mitigations_per_client
 
     def policy(self) -> ServerPolicy:
         return ServerPolicy(conflict_policy=self.conflict_policy, max_lifetime=self.max_lifetime,
@@ -85,6 +95,8 @@ class ServerSettings:
         clients_node = server.get("clients") or {}
         clients = tuple(_client(c) for c in clients_node.get("client", []))
         kw["clients"] = clients
+        if "max-mitigations-per-client" in server:
+            kw["max_mitigations_per_client"] = int(server["max-mitigations-per-client"])
         kw["allow_unlisted"] = bool(clients_node.get("allow-unlisted", not clients))
         sc = server.get("session-config") or {}
         if sc:
@@ -141,6 +153,7 @@ def _client(c: dict[str, Any]) -> ClientPolicy:
         fqdns=tuple(c.get("protected-fqdn", [])),
         mitigator=str(mit).rpartition(":")[2] if mit else None,
         enabled=bool(c.get("enabled", True)),
+        max_mitigations=int(c["max-mitigations"]) if "max-mitigations" in c else None,
     )
 
 

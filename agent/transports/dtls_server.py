@@ -241,9 +241,14 @@ class DTLSServerTransport(interfaces.MessageInterface):
         old = self.peers.pop(addr, None)
         if old is not None:
             old.channel.close(FatalDTLSError("peer started a new DTLS association"), notify=False)
-        while len(self.peers) >= self.max_peers:
-            _, victim = self.peers.popitem(last=False)
-            victim.channel.close(IdleTimeout("evicted: too many DTLS associations"))
+        if len(self.peers) >= self.max_peers:
+            # Make room from unfinished handshakes first (oldest first); an authenticated peer is
+            # only evicted for a new one when every slot holds an established association.
+            half_open = [a for a, p in self.peers.items() if not p.channel.established]
+            victims = half_open or list(self.peers)
+            while len(self.peers) >= self.max_peers and victims:
+                victim = self.peers.pop(victims.pop(0))
+                victim.channel.close(IdleTimeout("evicted: too many DTLS associations"))
         peer = DTLSServerRemote(self, addr, conn)
         self.peers[addr] = peer
         self.stats["accepted"] += 1
