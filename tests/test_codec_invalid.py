@@ -174,3 +174,16 @@ def test_random_structures_never_crash(obj: dict) -> None:
         decode_cbor(cbor2.dumps(obj), Direction.RESPONSE)
     except CodecError:
         pass
+
+
+def test_go_dots_style_response_is_accepted() -> None:
+    """Be ready for what peers send (shared/notes/peers.md): go-dots answers a GET with empty
+    arrays and keys of extensions we do not implement (53: RFC 9133 acl-list, 204/205/207:
+    RFC 9244 telemetry).  Unknown comprehension-required keys are an error only in requests."""
+    body = cbor2.dumps({1: {2: [{5: 1, 6: ["192.0.2.0/24"], 11: [], 12: [], 13: [], 14: 3600, 16: 1,
+                                 53: [], 204: [], 205: [], 207: [], 32768: [], 32769: [], 32770: []}]}})
+    scope = decode_cbor(body, Direction.RESPONSE).members()["scope"][0]
+    assert scope["status"] == "attack-mitigation-in-progress" and scope["target-prefix"] == ["192.0.2.0/24"]
+    with pytest.raises(CodecError) as info:
+        decode_cbor(cbor2.dumps({1: {2: [{6: ["192.0.2.0/24"], 14: 60, 53: []}]}}))
+    assert info.value.unknown_keys == (53,)

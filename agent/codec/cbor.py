@@ -53,10 +53,14 @@ def _is_uint(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= UINT64_MAX
 
 
-def map_to_json(data: Any, path: str = "", reject: frozenset[int] = frozenset()) -> dict[str, Any]:
+def map_to_json(data: Any, path: str = "", reject: frozenset[int] = frozenset(),
+                lenient: bool = False) -> dict[str, Any]:
     """Integer-keyed CBOR map -> RFC 7951 members.  Unknown optional keys are dropped.
 
-    Keys in *reject* are refused wherever they appear (Uri-Path parameters in a body).
+    Keys in *reject* are refused wherever they appear (Uri-Path parameters in a body).  With
+    *lenient* (what a client does with a server's answers) unknown comprehension-required keys
+    are dropped too: RFC 9132 §6 makes them a 4.00 for requests, and a peer such as go-dots
+    answers with keys of extensions we do not implement (e.g. 53, RFC 9133).
     """
     if not isinstance(data, Mapping):
         raise CodecError(path or "/", f"expected a CBOR map, got {_cbor_type(data)}")
@@ -73,11 +77,11 @@ def map_to_json(data: Any, path: str = "", reject: frozenset[int] = frozenset())
                              "it is a Uri-Path parameter (RFC 9132 §4.4.1.1)")
         major = MAJOR.get(key)
         if major is None:
-            if rfc9132.is_comprehension_required(key):
+            if rfc9132.is_comprehension_required(key) and not lenient:
                 unknown.append(key)
             continue
         name = NAME_OF[key]
-        out[name] = value_to_json(key, major, value, f"{path}/{name}", reject)
+        out[name] = value_to_json(key, major, value, f"{path}/{name}", reject, lenient)
     if unknown:
         keys = ", ".join(str(k) for k in sorted(unknown))
         raise CodecError(path or "/", f"unknown comprehension-required key(s): {keys}",
@@ -107,16 +111,17 @@ def _cbor_type(v: Any) -> str:
     return type(v).__name__
 
 
-def value_to_json(key: int, major: Major, value: Any, path: str, reject: frozenset[int] = frozenset()) -> Any:
+def value_to_json(key: int, major: Major, value: Any, path: str, reject: frozenset[int] = frozenset(),
+                  lenient: bool = False) -> Any:
     def bad(expected: str) -> CodecError:
         return CodecError(path, f"expected {expected} (key {key}), got {_cbor_type(value)}")
 
     if major is Major.MAP:
-        return map_to_json(value, path, reject)
+        return map_to_json(value, path, reject, lenient)
     if major is Major.ARRAY_OF_MAPS:
         if not isinstance(value, list | tuple):
             raise bad("an array of maps")
-        return [map_to_json(v, f"{path}[{i}]", reject) for i, v in enumerate(value)]
+        return [map_to_json(v, f"{path}[{i}]", reject, lenient) for i, v in enumerate(value)]
     if major is Major.ARRAY_OF_TSTR:
         if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
             raise bad("an array of text strings")

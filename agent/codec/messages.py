@@ -191,13 +191,14 @@ def decode_cbor(data: bytes, direction: Direction = Direction.REQUEST,
     if isinstance(obj, Mapping):
         unknown = sorted(k for k in obj if isinstance(k, int) and not isinstance(k, bool)
                          and k not in _BY_KEY and rfc9132.is_comprehension_required(k))
-        if unknown:
+        if unknown and direction is Direction.REQUEST:
             raise CodecError("/", "unknown comprehension-required key(s): "
                              + ", ".join(map(str, unknown)), unknown_keys=tuple(unknown))
     mtype, body = _single_case(obj, _BY_KEY, "the message keys 1, 30, 46, 49")
     if expect is not None and mtype is not expect:
         raise CodecError("/", f"expected a {expect.wire_name} message, got {mtype.wire_name}")
-    members = cbor.map_to_json(body, f"/{mtype.value[1]}", reject=URI_ONLY)
+    members = cbor.map_to_json(body, f"/{mtype.value[1]}", reject=URI_ONLY,
+                               lenient=direction is Direction.RESPONSE)
     try:
         return from_members(mtype, members, direction, f"/{mtype.value[1]}")
     except (ValueError, ArithmeticError, OverflowError, RecursionError) as exc:
