@@ -18,7 +18,7 @@ from typing import Any
 
 from lxml import etree
 
-from tests.servers import DOTS, ServerProcess
+from tests.servers import DOTS, ServerProcess, wait_ready
 
 NS = "urn:dots-agent:params:xml:ns:yang:dots-agent"
 USER, PASSWORD = "operator", "n3tconf-pw"
@@ -122,15 +122,8 @@ class AgentProcess:
         env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if self.ready.exists() and self.ready.stat().st_size:
-                self.addresses = json.loads(self.ready.read_text())
-                return self
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"agent exited: {self.log.read_text()[-3000:]}")
-            time.sleep(0.05)
-        raise TimeoutError(f"agent not ready: {self.log.read_text()[-3000:]}")
+        self.addresses = wait_ready(self.proc, self.ready, self.log, "agent", timeout)
+        return self
 
     @property
     def netconf_port(self) -> int:

@@ -28,6 +28,18 @@ DOTS = [sys.executable, "-m", "agent.cli"]
 COAP_CLIENT = shutil.which("coap-client-openssl")
 
 
+def wait_ready(proc: subprocess.Popen[bytes], ready: Path, log: Path, what: str, timeout: float) -> dict[str, Any]:
+    """Wait until *proc* wrote its bound addresses (JSON) to *ready*; raise if it exits or stalls."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if ready.exists() and ready.stat().st_size:
+            return json.loads(ready.read_text())
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited: {log.read_text()[-3000:]}")
+        time.sleep(0.05)
+    raise TimeoutError(f"{what} not ready: {log.read_text()[-3000:]}")
+
+
 class ServerProcess:
     """``dots server`` as a child process on free ports of 127.0.0.1 and ::1 (or the ``listen``
     addresses, e.g. those of a test namespace when ``prefix`` is ``["ip", "netns", "exec", NS]``)."""
@@ -64,17 +76,10 @@ class ServerProcess:
         env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1]) + os.pathsep + env.get("PYTHONPATH", "")
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if self.ready.exists() and self.ready.stat().st_size:
-                self.addresses = json.loads(self.ready.read_text())
-                if self.port == 0:  # keep the same ports across restarts
-                    self.port = self.addresses["tls"][0][1]
-                return self
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited: {self.log.read_text()[-3000:]}")
-            time.sleep(0.05)
-        raise TimeoutError(f"server not ready: {self.log.read_text()[-3000:]}")
+        self.addresses = wait_ready(self.proc, self.ready, self.log, "server", timeout)
+        if self.port == 0:  # keep the same ports across restarts
+            self.port = self.addresses["tls"][0][1]
+        return self
 
     def port_of(self, transport: str, host: str = "127.0.0.1") -> int:
         return next(p for h, p in self.addresses[transport] if h == host)

@@ -14,8 +14,6 @@ import pytest
 import pytest_asyncio
 from aiocoap import numbers as coap
 
-from agent.callhome.client import CallHomeClient
-from agent.callhome.server import CallHomeServer, CallHomeServerOptions
 from agent.client.redirect import Redirection
 from agent.codec import MessageType
 from agent.codec.messages import encode_members
@@ -25,6 +23,7 @@ from agent.server.app import DotsServer, ServerOptions
 from agent.server.settings import Redirect
 from agent.transports.credentials import Credentials
 from tests.servers import raw_client
+from tests.test_callhome_local import Pair, make_pair
 
 CH = "ietf-dots-call-home:"
 
@@ -36,24 +35,12 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return d
 
 
-class Pair:
-    def __init__(self, provider: CallHomeClient, cpe: CallHomeServer) -> None:
-        self.provider, self.cpe = provider, cpe
-
-
 @pytest_asyncio.fixture(params=["tls", "dtls"])
 async def pair(request: pytest.FixtureRequest, pki: Path, tmp_path: Path) -> AsyncIterator[Pair]:
-    transport = request.param
-    provider = CallHomeClient(Credentials.from_pki_dir(pki, "server"), [("127.0.0.1", 0)], transports=(transport,))
-    await provider.start()
-    port = provider.addresses[transport][0][1]
-    cpe = CallHomeServer(CallHomeServerOptions(
-        Credentials.from_pki_dir(pki, "client"), ("127.0.0.1", port), ["10.98.1.0/24"], transport=transport,
-        db=tmp_path / "cpe.db", reconnect_min=0.2, reconnect_max=1.0, counter_interval=0.5))
-    await cpe.start()
-    yield Pair(provider, cpe)
-    await cpe.stop()
-    await provider.stop()
+    p = await make_pair(pki, tmp_path, request.param)
+    yield p
+    await p.cpe.stop()
+    await p.provider.stop()
 
 
 def base_redirect_response() -> aiocoap.Message:

@@ -13,7 +13,6 @@ import os
 import shutil
 import signal
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,7 @@ from ncclient.operations.rpc import RPCError
 import yang
 from agent.pki import certificate_cuid, init_pki
 from tests.integration_mgmt import NS, connect, get_xml, mgmt_flags, netconf_port, stop_all, texts, wait_for
-from tests.servers import DOTS
+from tests.servers import DOTS, wait_ready
 
 MODULE = yang.MODULE_DIR / "dots-agent@2026-11-21.yang"
 ENV = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
@@ -49,15 +48,8 @@ class Proc:
         self.ready.unlink(missing_ok=True)
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, env=ENV)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.ready.exists() and self.ready.stat().st_size:
-                self.addresses = json.loads(self.ready.read_text())
-                return self
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"exited: {self.log.read_text()[-3000:]}")
-            time.sleep(0.05)
-        raise TimeoutError(f"not ready: {self.log.read_text()[-3000:]}")
+        self.addresses = wait_ready(self.proc, self.ready, self.log, self.log.stem, timeout)
+        return self
 
     @property
     def netconf_port(self) -> int:
