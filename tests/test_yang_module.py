@@ -258,8 +258,8 @@ NEGATIVE_CASES = {
     ),
     "alert-endpoint-without-token": (
         "client",
-        _set(["client", "alert-endpoint", "address"], "192.0.2.5"),
-        "A non-loopback alert endpoint needs a token",
+        _del(["client", "alert-endpoint", "token-file"]),
+        "The alert endpoint needs a token",
     ),
 }
 
