@@ -3,16 +3,24 @@
 Both read one message on stdin and write the other form on stdout.  CBOR input may be binary
 or hexadecimal text (whitespace ignored); ``--hex`` makes json2cbor print hex.  Invalid input
 exits with status 1 and the codec's message (field and reason) on stderr.
+
+cbor2json never drops data silently: keys the codec does not know (an extension's, or a
+typo's) are shown in place as ``"unknown-key-N": VALUE`` with one warning line each on stderr.
+With ``--request`` the rules for a client's request apply: an unknown comprehension-required
+key is an error (RFC 9132 §6), unknown optional ones are shown and warned about.
 """
 
 from __future__ import annotations
 
 import argparse
 import binascii
+import json
 import string
 import sys
 
 from agent.codec import CodecError, Direction, decode_cbor, decode_json
+from agent.codec.cbor import loads as cbor_loads
+from agent.codec.unknown import annotate_unknown
 
 _HEX = set(string.hexdigits + string.whitespace)
 
@@ -52,11 +60,17 @@ def json2cbor(args: argparse.Namespace) -> int:
 
 def cbor2json(args: argparse.Namespace) -> int:
     try:
-        msg = decode_cbor(read_cbor(sys.stdin.buffer.read()), _direction(args))
+        data = read_cbor(sys.stdin.buffer.read())
+        msg = decode_cbor(data, _direction(args))
     except CodecError as exc:
         print(f"dots cbor2json: {exc}", file=sys.stderr)
         return 1
-    sys.stdout.write(msg.to_json(indent=None if args.compact else 2) + "\n")
+    doc = json.loads(msg.to_json())
+    for item in annotate_unknown(cbor_loads(data), doc):
+        kind = "comprehension-required" if item.required else "comprehension-optional"
+        print(f"dots cbor2json: warning: unknown {kind} key {item.key} at {item.path} "
+              f"(shown as \"{item.label}\")", file=sys.stderr)
+    sys.stdout.write(json.dumps(doc, indent=None if args.compact else 2) + "\n")
     return 0
 
 
