@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.metadata
 import logging
 import sys
 from collections.abc import Callable
@@ -17,10 +18,18 @@ COMMAND_MODULES = ("agent.cli_codec", "agent.cli_pki", "agent.cli_server", "agen
                    "agent.cli_callhome")
 
 
+def _version() -> str:
+    try:
+        return importlib.metadata.version("dots-agent")
+    except importlib.metadata.PackageNotFoundError:
+        return "(not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dots", description="DOTS agent (RFC 9132 signal channel, "
                                      "RFC 9066 Call Home)")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:
         try:

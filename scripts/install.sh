@@ -12,6 +12,7 @@ APT_PACKAGES=(
   openssh-client                # NETCONF over SSH tests
   gobgpd                        # BGP speaker of the Flowspec/RTBH mitigators (and the test's peer router)
   chromium chromium-driver      # headless browser test of the web portal (system driver, no downloads)
+  curl jq                       # independent HTTP peer in tests; the walkthroughs' commands
 )
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
@@ -20,15 +21,17 @@ for p in "${APT_PACKAGES[@]}"; do
   [[ "$p" == \#* ]] && continue
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
 done
+# Wait (up to 10 min) for another apt/dpkg run, e.g. unattended-upgrades, instead of failing on its lock.
+APT=(apt-get -o DPkg::Lock::Timeout=600)
 if [ ${#missing[@]} -gt 0 ]; then
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  $SUDO "${APT[@]}" update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO "${APT[@]}" install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
 PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   if ! "$PY" -m venv .venv 2>/dev/null; then
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq python3-venv python3-dev >/dev/null
+    DEBIAN_FRONTEND=noninteractive $SUDO "${APT[@]}" install -y -qq python3-venv python3-dev >/dev/null
     rm -rf .venv && "$PY" -m venv .venv
   fi
 fi
