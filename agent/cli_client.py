@@ -5,7 +5,9 @@ it open until interrupted).  mids and sids are kept in a state file (``--state``
 ``$XDG_STATE_HOME/dots/client.json``) so consecutive runs never reuse an identifier and can
 repeat a request's parameters (lifetime renewal, efficacy update).
 
-Exit codes: 0 success, 1 DOTS error response (4.xx/5.xx), 2 usage error, 3 cannot connect.
+Exit codes: 0 success, 1 DOTS error response (4.xx/5.xx), 2 usage error, 3 cannot connect,
+4 a certificate was refused (ours by the server, or the server's by us: unknown CA, name
+mismatch, expired) — retrying will not help, a file or a name needs fixing.
 
 ``dots client agent`` instead runs until stopped: a client agent whose mitigation requests are
 configured through NETCONF/RESTCONF (:mod:`agent.client_agent`).
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import json
 import signal
 import sys
@@ -24,7 +27,7 @@ from typing import Any
 
 from agent.transports.credentials import Credentials
 
-EXIT_OK, EXIT_DOTS_ERROR, EXIT_USAGE, EXIT_CONNECT = 0, 1, 2, 3
+EXIT_OK, EXIT_DOTS_ERROR, EXIT_USAGE, EXIT_CONNECT, EXIT_CERTIFICATE = 0, 1, 2, 3, 4
 
 
 def _port(text: str) -> int | tuple[int, int]:
@@ -37,6 +40,25 @@ def _port(text: str) -> int | tuple[int, int]:
     if not (0 <= low <= high <= 65535):
         raise argparse.ArgumentTypeError(f"invalid port range {text!r}")
     return low if low == high else (low, high)
+
+
+def _server(text: str) -> str:
+    """--server: checked here so a bad port is a usage error (2), not 'cannot connect'."""
+    from agent.client.connection import parse_servers
+
+    try:
+        parse_servers(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _prefix(text: str) -> str:
+    try:
+        ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid prefix {text!r}") from None
+    return text
 
 
 class Output:
@@ -101,8 +123,12 @@ async def _action(args: argparse.Namespace, client: Any, out: Output) -> int:
         scopes = await client.status(args.mid, args.content)
         out.emit({"scope": scopes}, "\n".join(_scope_line(s) for s in scopes) or "no mitigation requests")
     elif action == "withdraw":
+        # RFC 9132 §4.4.4 answers 2.02 even for a mid the server does not hold: ask first, so
+        # the operator learns about a wrong mid (the DELETE is still sent, as the RFC wants).
+        held = await _holds(client, args.mid)
         code = await client.withdraw(args.mid)
-        out.emit({"mid": args.mid, "code": code}, f"mid {args.mid}: {code} Deleted")
+        note = "" if held else " (the server held no request with this mid)"
+        out.emit({"mid": args.mid, "code": code, "held": held}, f"mid {args.mid}: {code} Deleted{note}")
     elif action == "config":
         values = {k: getattr(args, k) for k in ("heartbeat_interval", "missing_hb_allowed", "probing_rate",
                                                  "max_retransmit", "ack_timeout", "ack_random_factor")}
@@ -125,6 +151,17 @@ async def _action(args: argparse.Namespace, client: Any, out: Output) -> int:
     return EXIT_OK
 
 
+async def _holds(client: Any, mid: int) -> bool:
+    from agent.client import DotsError
+
+    try:
+        return bool(await client.status(mid, "c"))
+    except DotsError as exc:
+        if exc.code == "4.04":
+            return False
+        raise
+
+
 def _config_text(cfg: Any) -> str:
     lines = [f"{cfg.code}" + (f" sid {cfg.sid}" if cfg.sid is not None else "")
              + (f" (max-age {cfg.max_age} s)" if cfg.max_age is not None else "")]
@@ -140,7 +177,7 @@ def _config_text(cfg: Any) -> str:
 
 
 async def _main(args: argparse.Namespace) -> int:
-    from agent.client import DotsClient, DotsConnectionError, DotsError, default_state_path
+    from agent.client import DotsCertificateError, DotsClient, DotsConnectionError, DotsError, default_state_path
 
     out = Output(args.json, args.quiet)
     creds = Credentials.from_pki_dir(args.pki, "client")
@@ -160,6 +197,9 @@ async def _main(args: argparse.Namespace) -> int:
     try:
         await client.connect()
         return await _action(args, client, out)
+    except DotsCertificateError as exc:
+        out.error({"code": "certificate", "diagnostic": str(exc)}, str(exc))
+        return EXIT_CERTIFICATE
     except DotsConnectionError as exc:
         out.error({"code": "connect", "diagnostic": str(exc)}, str(exc))
         return EXIT_CONNECT
@@ -211,9 +251,10 @@ def run(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("client", help="DOTS client: request mitigation, query, withdraw, configure",
                        description="Talk to a DOTS server. Exit codes: 0 success, 1 DOTS error response "
-                       "(4.xx/5.xx), 2 usage, 3 cannot connect.")
+                       "(4.xx/5.xx), 2 usage, 3 cannot connect, 4 certificate refused.")
     p.add_argument("--pki", required=True, help="directory with ca.crt, client.crt, client.key (dots pki init)")
-    p.add_argument("--server", help="HOST[:PORT] or [V6]:PORT of the DOTS server (port 4646; required except "
+    p.add_argument("--server", type=_server,
+                   help="HOST[:PORT] or [V6]:PORT of the DOTS server (port 4646; required except "
                    "for 'agent', which can take its servers from its configuration)")
     p.add_argument("--transport", choices=("tls", "dtls", "auto"), default="auto",
                    help="signal channel transport (default auto: DTLS, then TLS)")
@@ -225,7 +266,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     acts = p.add_subparsers(dest="action", required=True, metavar="ACTION")
 
     q = acts.add_parser("mitigate", help="request mitigation (prints the mid)")
-    q.add_argument("--target-prefix", action="append", metavar="PREFIX", help="target prefix (repeat)")
+    q.add_argument("--target-prefix", action="append", type=_prefix, metavar="PREFIX",
+                   help="target prefix (repeat)")
     q.add_argument("--port", action="append", type=_port, metavar="N[-M]", help="target port or range (repeat)")
     q.add_argument("--protocol", action="append", type=int, metavar="N", help="IANA protocol number (repeat)")
     q.add_argument("--fqdn", action="append", metavar="NAME", help="target FQDN (repeat)")

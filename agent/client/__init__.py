@@ -9,7 +9,15 @@ with heartbeats.  ``ClientState`` remembers mids, sids and request parameters be
 (:mod:`agent.client.fallback`) signals an ordered list of servers in turn (use case 3.1.7).
 """
 
-from .connection import Candidate, Connection, Connector, DotsConnectionError, parse_server, parse_servers
+from .connection import (
+    Candidate,
+    Connection,
+    Connector,
+    DotsCertificateError,
+    DotsConnectionError,
+    parse_server,
+    parse_servers,
+)
 from .fallback import FallbackClient, FallbackServer
 from .redirect import Redirection, RedirectMemory
 from .results import ConfigResult, ConflictInformation, DotsError, MitigationResult, StatusUpdate
@@ -18,6 +26,7 @@ from .split import MessageLimit, RequestTooLargeError
 from .state import ClientState, default_state_path
 
 __all__ = ["Candidate", "ClientState", "ConfigResult", "ConflictInformation", "Connection", "Connector",
-           "DotsClient", "DotsConnectionError", "DotsError", "FallbackClient", "FallbackServer", "MessageLimit",
+           "DotsCertificateError", "DotsClient", "DotsConnectionError", "DotsError", "FallbackClient",
+           "FallbackServer", "MessageLimit",
            "MitigationResult", "RedirectMemory", "Redirection", "RequestTooLargeError", "StatusUpdate", "build_scope",
            "default_state_path", "parse_server", "parse_servers"]

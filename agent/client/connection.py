@@ -49,6 +49,7 @@ import aiocoap
 from aiocoap import error as coap_error
 from aiocoap import numbers as coap
 
+from agent.client.diagnose import certificate_problem, reset_hint
 from agent.numbers import rfc9132
 from agent.protocol.session import TransmissionConfig
 from agent.transports import tls
@@ -104,6 +105,11 @@ class DotsConnectionError(Exception):
     """The DOTS server could not be reached (no (D)TLS session, or no answer in time)."""
 
 
+class DotsCertificateError(DotsConnectionError):
+    """Every path failed, and at least one because a certificate was refused (ours or the
+    server's): a file or a name needs fixing, retrying will not help."""
+
+
 @dataclass
 class Connection:
     """One signal channel session: an aiocoap Context bound to one transport and address."""
@@ -152,17 +158,28 @@ class Connection:
 
 
 def parse_server(server: str | tuple[str, int]) -> tuple[str, int]:
-    """``host``, ``host:port``, ``[v6]:port`` or ``(host, port)``; default port 4646 (SC-001)."""
+    """``host``, ``host:port``, ``[v6]:port`` or ``(host, port)``; default port 4646 (SC-001).
+
+    Raises ValueError naming the problem for an empty host or a port outside 1-65535.
+    """
     if isinstance(server, tuple):
-        return server[0], int(server[1])
-    text = server.strip()
-    if text.startswith("["):
-        host, _, rest = text[1:].partition("]")
-        return host, int(rest[1:]) if rest.startswith(":") else rfc9132.DEFAULT_PORT
-    if text.count(":") == 1:
-        host, _, port = text.partition(":")
-        return host, int(port)
-    return text, rfc9132.DEFAULT_PORT  # a name, IPv4 address or bare IPv6 address
+        host, port_text = server[0], str(server[1])
+    else:
+        text = server.strip()
+        if text.startswith("["):
+            host, _, rest = text[1:].partition("]")
+            if rest and not rest.startswith(":"):
+                raise ValueError(f"invalid DOTS server {server!r}: expected [IPv6]:PORT")
+            port_text = rest[1:] if rest else str(rfc9132.DEFAULT_PORT)
+        elif text.count(":") == 1:
+            host, _, port_text = text.partition(":")
+        else:
+            host, port_text = text, str(rfc9132.DEFAULT_PORT)  # a name, IPv4 or bare IPv6 address
+    if not host:
+        raise ValueError(f"invalid DOTS server {server!r}: no host")
+    if not (port_text.isascii() and port_text.isdigit() and 1 <= int(port_text) <= 65535):
+        raise ValueError(f"invalid port {port_text!r} in DOTS server {server!r}: expected 1-65535")
+    return host, int(port_text)
 
 
 ServerSpec = str | tuple[str, int] | Sequence[str | tuple[str, int]]
@@ -307,6 +324,7 @@ class Connector:
         deadline = started + (self.connect_timeout if timeout is None else timeout)
         attempts: dict[asyncio.Task[Connection], tuple[Candidate, float]] = {}
         errors: list[str] = []
+        refused: list[str] = []  # certificate problems (diagnose.certificate_problem)
         self.last_race = []
         pending = list(cands)
         next_start = started
@@ -344,7 +362,11 @@ class Connector:
                             for key in [k for k in self._dtls_sessions if k[:2] == (cand.address, cand.port)]:
                                 del self._dtls_sessions[key]
                         self.last_race.append((cand, t0 - started, f"failed: {exc}"))
-                        errors.append(f"{cand}: {exc}")
+                        hint = reset_hint(exc) if cand.transport == "tls" else None
+                        errors.append(f"{cand}: {hint or exc}")
+                        problem = certificate_problem(exc)
+                        if problem is not None and all(p.split(" (")[0] != problem.split(" (")[0] for p in refused):
+                            refused.append(problem)  # once per kind of problem, not once per path
                         next_start = end  # RFC 8305 §5: start the next attempt at once
         finally:
             for task, (cand, t0) in attempts.items():
@@ -356,6 +378,8 @@ class Connector:
                 except BaseException:  # noqa: BLE001 - cancelled or failed: nothing to keep
                     continue
                 await conn.close()
+        if winner is None and refused:
+            raise DotsCertificateError(f"cannot authenticate the DOTS server at {self.name}: " + "; ".join(refused))
         if winner is None:
             raise DotsConnectionError(f"cannot reach the DOTS server at {self.name} (" + "; ".join(errors) + ")")
         self.preferred, self.preferred_at = winner.candidate, time.monotonic()
@@ -409,7 +433,7 @@ class Connector:
             except TimeoutError:
                 raise DotsConnectionError(f"no answer within {timeout:.1f} s") from None
             except (coap_error.Error, OSError) as exc:
-                raise DotsConnectionError(str(exc) or type(exc).__name__) from None
+                raise DotsConnectionError(str(exc) or type(exc).__name__) from exc
             conn.probe, conn.probe_rtt = response, time.monotonic() - started
             log.debug("signal channel over %s established (%.0f ms)", cand, conn.probe_rtt * 1000)
             return conn

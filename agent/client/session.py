@@ -199,23 +199,33 @@ def build_scope(target_prefixes: Iterable[str] = (), ports: Iterable[Port] = (),
     """RFC 7951 members of one request scope, built through the typed objects."""
     msg = Message.new(MessageType.MITIGATION)
     s = msg.signal.scope[msg.signal.scope.add()]
+
+    def put(what: str, value: Any, add: Callable[[Any], Any]) -> None:
+        # the typed objects' own messages name pyangbind internals: say what was wrong instead
+        try:
+            add(value)
+        except (ValueError, TypeError, KeyError, OverflowError):
+            raise ValueError(f"invalid {what} {str(value)!r}") from None
+
     for p in target_prefixes:
-        s.target_prefix.append(str(p))
+        put("prefix", str(p), s.target_prefix.append)
     for port in ports:
         lo, hi = (port, port) if isinstance(port, int) else port
+        if not (0 <= int(lo) <= int(hi) <= 65535):
+            raise ValueError(f"invalid port range {lo}-{hi}")
         entry = s.target_port_range.add(int(lo))
         if hi != lo:
             entry._set_upper_port(int(hi))
     for proto in protocols:
-        s.target_protocol.append(int(proto))
+        put("protocol number", proto, lambda v: s.target_protocol.append(int(v)))
     for f in fqdns:
-        s.target_fqdn.append(f)
+        put("FQDN", f, s.target_fqdn.append)
     for u in uris:
-        s.target_uri.append(u)
+        put("URI", u, s.target_uri.append)
     for a in aliases:
-        s.alias_name.append(a)
+        put("alias name", a, s.alias_name.append)
     if lifetime is not None:
-        s._set_lifetime(int(lifetime))
+        put("lifetime", lifetime, lambda v: s._set_lifetime(int(v)))
     if trigger_mitigation is not None:
         s._set_trigger_mitigation(bool(trigger_mitigation))
     scope: dict[str, Any] = msg.members()["scope"][0]

@@ -174,6 +174,7 @@ class ConnInfo:
 
     addr: Any = None
     psk_identity: bytes | None = None
+    verify_error: tuple[int, int] | None = None  # (X509_V_ERR_*, depth) of the first failed check
 
 
 # --------------------------------------------------------------------------- SSL contexts
@@ -214,7 +215,26 @@ def _psk_client_callback(identity: bytes, key: bytes) -> Any:
 
 
 def _verify_cb(conn: SSL.Connection, cert: crypto.X509, errno: int, depth: int, ok: int) -> bool:
+    if not ok:
+        info = conn.get_app_data()
+        if isinstance(info, ConnInfo) and info.verify_error is None:
+            info.verify_error = (errno, depth)
     return bool(ok)
+
+
+def verify_failure(conn: SSL.Connection) -> str | None:
+    """OpenSSL's reason for the peer certificate check that failed on *conn*, if one did."""
+    info = conn.get_app_data()
+    if not isinstance(info, ConnInfo) or info.verify_error is None:
+        return None
+    errno, depth = info.verify_error
+    reason = _ffi.string(_lib.X509_verify_cert_error_string(errno)).decode(errors="replace")
+    return f"{reason} (X509 error {errno} at depth {depth})"
+
+
+def _describe_failure(conn: SSL.Connection, e: SSL.Error) -> str:
+    detail = verify_failure(conn)
+    return f"{_describe(e)}: {detail}" if detail else _describe(e)
 
 
 def make_context(credentials: Credentials, *, server: bool, require_client_cert: bool = True,
@@ -362,7 +382,7 @@ class DTLSChannel:
             return
         except SSL.Error as e:
             self._flush()  # send the alert, if OpenSSL produced one
-            self._fail(FatalDTLSError(_describe(e)))
+            self._fail(FatalDTLSError(_describe_failure(self.conn, e)))
             return
         self._flush()
         self._rearm()
@@ -377,8 +397,8 @@ class DTLSChannel:
             self.conn.send(plaintext)
         except SSL.Error as e:
             self._flush()
-            self._fail(FatalDTLSError(_describe(e)))
-            raise FatalDTLSError(_describe(e)) from e
+            self._fail(FatalDTLSError(_describe_failure(self.conn, e)))
+            raise FatalDTLSError(_describe_failure(self.conn, e)) from e
         self._flush()
 
     def _flush(self) -> None:
