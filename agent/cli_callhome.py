@@ -137,12 +137,30 @@ def server_cmd(args: argparse.Namespace) -> int:
     return asyncio.run(_run_server(args))
 
 
+def _report(answer: dict[str, Any]) -> int:
+    """Print the answer (JSON on stdout); a failure or a 4.xx/5.xx from the peer also gets one
+    line on stderr with the peer's diagnostic, and exit status 1."""
+    print(json.dumps(answer, indent=1, default=str))
+    if not answer.get("ok"):
+        print(f"dots call-home: {answer.get('error', 'failed')}", file=sys.stderr)
+        return 1
+    code = str(answer.get("code", ""))
+    if code.startswith(("4.", "5.")):
+        diagnostic = answer.get("diagnostic") or ""
+        print(f"dots call-home: refused with {code}" + (f": {diagnostic}" if diagnostic else ""), file=sys.stderr)
+        return 1
+    return 0
+
+
 async def _control(path: str, request: dict[str, Any]) -> int:
     from agent.callhome.control import call_control
 
-    answer = await call_control(path, request)
-    print(json.dumps(answer, indent=1, default=str))
-    return 0 if answer.get("ok") else 1
+    try:
+        answer = await call_control(path, request)
+    except (OSError, ConnectionError) as exc:  # no such socket, refused, not ours
+        print(f"dots call-home: cannot use the control socket {path}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    return _report(answer)
 
 
 def decide_cmd(args: argparse.Namespace) -> int:
@@ -219,8 +237,7 @@ async def _run_client(args: argparse.Namespace) -> int:
                 answer = {"ok": True, **await handler(request)}
             except Exception as exc:
                 answer = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
-            print(json.dumps(answer, indent=1, default=str))
-            return 0 if answer["ok"] and not str(answer.get("code", "2")).startswith(("4", "5")) else 1
+            return _report(answer)
         control = await serve_control(args.control, client.control_handlers()) if args.control else None
         try:
             await _wait_for_signal()
@@ -295,7 +312,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     mgmt_embed.add_arguments(c)
     c.set_defaults(handler=client_cmd)
     acts = c.add_subparsers(dest="action", metavar="ACTION")
-    m = acts.add_parser("mitigate", help="signal an attack from the CPE's network")
+    m = acts.add_parser("mitigate", help="signal an attack from the CPE's network",
+                        allow_abbrev=False)  # "--wait" must not become --wait-status
     m.add_argument("--source-prefix", action="append", required=True)
     m.add_argument("--target-prefix", action="append", required=True)
     m.add_argument("--source-port", action="append", type=_range, metavar="N[-M]")
