@@ -13,7 +13,13 @@ replace three things:
   interleave with replies) and hops every RPC onto the management loop
   (:class:`mgmt.netconf_ops.NetconfOps`);
 * authentication: :class:`_Auth` checks passwords and public keys against
-  :class:`mgmt.auth.UserDB`.
+  :class:`mgmt.auth.UserDB`;
+* the accept loop: the package runs each connection's SSH banner exchange and key exchange
+  in its single accept thread, so one idle TCP connection delayed every login by paramiko's
+  15 s banner timeout.  :meth:`_BoundSSHServer._accept_socket_thread` only accepts: a
+  connection beyond ``max-sessions`` / ``max-sessions-per-address`` (:mod:`mgmt.limits`) is
+  closed at once, any other gets a worker thread that runs the SSH handshake and
+  authentication under a ``handshake-timeout`` watchdog, then the package's channel loop.
 
 When a session ends for any reason its locks are released on the loop.
 """
@@ -23,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import select
 import socket
 import threading
 from dataclasses import dataclass, field
@@ -37,6 +44,7 @@ from netconf.server import NetconfServerSession, NetconfSSHServer
 
 from mgmt.auth import UserDB, load_or_create_host_key
 from mgmt.errors import MgmtError
+from mgmt.limits import ManagementLimits, limits_from_running, stats_for
 from mgmt.manager import Management
 from mgmt.monitoring import capabilities
 from mgmt.netconf_ops import NetconfOps
@@ -46,6 +54,8 @@ log = logging.getLogger(__name__)
 
 _MSGID = re.compile(rb"""message-id\s*=\s*(["'])(.{0,200}?)\1""")
 _HEAD = 4096
+_SSH_LOG = logging.getLogger(__name__ + ".ssh")
+_SSH_LOG.setLevel(logging.CRITICAL)
 _PARSER = etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=False, remove_blank_text=False)
 
 
@@ -60,6 +70,8 @@ class NetconfSettings:
     max_rpc_size: int = 1 << 20
     debug: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+    #: fixed limits; None: ``/dots-agent/management/netconf`` of running, read per connection
+    limits: ManagementLimits | None = None
 
 
 class _Oversized(str):
@@ -197,6 +209,15 @@ class _Session(NetconfServerSession):
             self.close()
 
 
+def _shut(sock: socket.socket) -> None:
+    """Close a connection now, waking any thread blocked on it."""
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    sock.close()
+
+
 def _message_id(msg: str) -> str | None:
     found = _MSGID.search(msg.encode("utf-8", "replace")[:_HEAD])
     return found.group(2).decode("utf-8", "replace") if found else None
@@ -229,6 +250,43 @@ class _Auth(paramiko.ServerInterface):
 
     def check_channel_subsystem_request(self, channel: paramiko.Channel, name: str) -> bool:
         return name == "netconf"
+
+
+class _ServerSocket(sshutil.server.SSHServerSocket):
+    """One SSH connection, set up by its own worker thread (the package does it in the accept thread)."""
+
+    def __init__(self, server: _BoundSSHServer, client: socket.socket, addr: Any,  # noqa: D107
+                 timeout: float) -> None:
+        self.session_class = server.server_session_class
+        self.extra_args = server.extra_args
+        self.server = server
+        self.client_socket = client
+        self.client_addr = addr
+        self.debug = server.debug
+        self.server_ctl = server.server_ctl
+        self.sessions: list[Any] = []
+        self.lock = threading.Lock()
+        self.running = True
+        self.thread = threading.current_thread()
+        self.ssh = paramiko.Transport(client)
+        self.ssh.banner_timeout = self.ssh.handshake_timeout = self.ssh.auth_timeout = timeout
+        # paramiko logs every aborted handshake at ERROR: ours are counted and warned about, rate-limited
+        self.ssh.set_log_channel(_SSH_LOG.name)
+        self.ssh.add_server_key(server.host_key)
+
+    def handshake(self) -> None:
+        """SSH banner and key exchange (authentication follows in paramiko's thread)."""
+        self.ssh.start_server(server=self.server_ctl)
+
+    def serve(self) -> None:
+        """The package's channel loop, in this worker thread; returns when the connection ends."""
+        self._accept_chan_thread()
+
+    def close(self) -> None:
+        if self.thread is threading.current_thread():
+            self.thread = threading.Thread()  # nothing to join: we are the worker
+            self.thread.start()
+        super().close()
 
 
 class _BoundSSHServer(NetconfSSHServer):
@@ -265,9 +323,88 @@ class _BoundSSHServer(NetconfSSHServer):
         self.port = sock.getsockname()[1]
         self.ports = {family: self.port}
         self.close_wsocket, self.close_rsocket = socket.socketpair()
+        self.stats = stats_for(mgmt)
+        self.handshaking: set[socket.socket] = set()
         self.thread = threading.Thread(None, self._accept_socket_thread, name="NetconfAccept",
                                        args=[sock], daemon=True)
         self.thread.start()
+
+    def limits(self) -> ManagementLimits:
+        return limits_from_running(self.mgmt.running_dict(), "netconf", self.settings.limits)
+
+    def _accept_socket_thread(self, proto_sock: socket.socket) -> None:
+        """Accept only: the SSH handshake of each connection runs in its own worker."""
+        try:
+            while True:
+                ready, _, _ = select.select([proto_sock, self.close_rsocket], [], [])
+                if self.close_rsocket in ready:
+                    break
+                try:
+                    client, addr = proto_sock.accept()
+                except OSError:
+                    continue
+                limits = self.limits()
+                if not self.stats.netconf.acquire(addr, limits):
+                    client.close()
+                    continue
+                threading.Thread(target=self._connection, args=(client, addr, limits),
+                                 name=f"NetconfConn {addr[0]}", daemon=True).start()
+        finally:
+            with self.lock:
+                sockets = list(self.sockets)
+            for server_socket in sockets:
+                server_socket.close()
+            with self.lock:
+                pending = list(self.handshaking)
+            for client in pending:
+                _shut(client)
+            proto_sock.close()
+            self.close_rsocket.close()
+
+    def _connection(self, client: socket.socket, addr: Any, limits: ManagementLimits) -> None:
+        """Worker: handshake + authentication within the timeout, then the NETCONF channel loop."""
+        conn: _ServerSocket | None = None
+        with self.lock:
+            self.handshaking.add(client)
+        timer = threading.Timer(limits.handshake_timeout, self._handshake_expired, args=(client, addr, limits))
+        timer.daemon = True
+        timer.start()
+        try:
+            conn = _ServerSocket(self, client, addr, limits.handshake_timeout)
+            conn.handshake()
+            with self.lock:
+                self.sockets.append(conn)
+            conn.serve()
+        except (paramiko.SSHException, EOFError, OSError) as exc:
+            log.debug("NETCONF connection from %s ended during the handshake: %s", addr[0], exc)
+        except Exception:
+            log.exception("NETCONF connection from %s failed", addr[0])
+        finally:
+            timer.cancel()
+            with self.lock:
+                self.handshaking.discard(client)
+                if conn is not None and conn in self.sockets:
+                    self.sockets.remove(conn)
+            if conn is not None and conn.ssh is not None:
+                conn.ssh.close()
+            _shut(client)
+            self.stats.netconf.release(addr)
+
+    def _handshake_expired(self, client: socket.socket, addr: Any, limits: ManagementLimits) -> None:
+        with self.lock:
+            pending = client in self.handshaking and not any(
+                s.client_socket is client and s.ssh is not None and s.ssh.is_authenticated() for s in self.sockets)
+        if pending:
+            self.stats.timed_out("NETCONF", addr, limits.handshake_timeout)
+            try:  # the worker's paramiko thread sees EOF and the worker closes the socket
+                client.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def remove_socket(self, serversocket: Any) -> None:
+        with self.lock:
+            if serversocket in self.sockets:
+                self.sockets.remove(serversocket)
 
     def __del__(self) -> None:  # the package logs an error here
         pass

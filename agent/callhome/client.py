@@ -53,6 +53,7 @@ from agent.transports import tls
 from agent.transports.credentials import Credentials
 from agent.transports.dtls import add_dtls_server
 from agent.transports.identity import peer_address, peer_cuid
+from agent.transports.limits import Admission
 from agent.tuning import tuning
 
 log = logging.getLogger("dots.callhome")
@@ -378,12 +379,14 @@ class CallHomeClient:
         self._changed = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._ticker: asyncio.Task[None] | None = None
+        #: handshakes and associations of both listeners (call-home-client/limits, set by management)
+        self.admission = Admission(name="call-home listener")
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self.context = aiocoap.Context(loop=loop, serversite=_Site(self), loggername="coap-callhome-client")
         if "tls" in self.transports:
-            server = await tls.add_tls_server(self.context, self.listen, self.credentials)
+            server = await tls.add_tls_server(self.context, self.listen, self.credentials, admission=self.admission)
             server.on_connection_made = lambda conn: self._accepted(conn, "tls")
             server.on_connection_lost = lambda conn, exc: self._closed(conn, exc)
             self.addresses["tls"] = server.addresses
@@ -392,7 +395,8 @@ class CallHomeClient:
             for host, port in self.listen:
                 if port == 0 and "tls" in self.addresses:
                     port = next((p for h, p in self.addresses["tls"] if h == host), 0)
-                t = await add_dtls_server(self.context, (host, port), self.credentials, idle_timeout=3600.0)
+                t = await add_dtls_server(self.context, (host, port), self.credentials, idle_timeout=3600.0,
+                                          admission=self.admission)
                 t.on_established = lambda remote: self._accepted(remote, "dtls")
                 t.on_closed = lambda remote, reason: self._closed(remote, reason)
                 self.addresses["dtls"].append((host, t.port))

@@ -58,6 +58,7 @@ from agent.server.sessions import config_members
 from agent.server.state import SCOPE_STATE_KEYS, StatusNotifier, heartbeat_state
 from agent.transports.credentials import Credentials
 from agent.transports.identity import peer_address
+from agent.transports.limits import ListenerLimits
 from mgmt.errors import MgmtError
 from mgmt.interfaces import SessionInfo
 from mgmt.manager import Management
@@ -398,6 +399,12 @@ def provider_listen(running: dict[str, Any]) -> tuple[list[tuple[str, int]], tup
     return listen, tuple(sorted(transports, key=("tls", "dtls").index))
 
 
+def provider_limits(running: dict[str, Any] | None) -> ListenerLimits:
+    """``/dots-agent/call-home/call-home-client/limits`` (YANG defaults when absent)."""
+    chc = ((((running or {}).get(ROOT) or {}).get("call-home") or {}).get("call-home-client")) or {}
+    return ListenerLimits.from_yang(chc.get("limits"))
+
+
 class ProviderConfigApplier:
     """ConfigSubscriber of the provider: listeners are opened once, so changes are logged only."""
 
@@ -406,6 +413,7 @@ class ProviderConfigApplier:
 
     async def apply(self, new_running: dict[str, Any], old: dict[str, Any]) -> None:
         listen, transports = provider_listen(new_running)  # ValueError: refused
+        self.client.admission.limits = provider_limits(new_running)  # new connections only
         if sorted(listen) != sorted(self.client.listen) or set(transports) != set(self.client.transports):
             log.warning("call-home-client listen endpoints changed: effective after a restart")
 
@@ -419,8 +427,10 @@ class ProviderState:
     async def state(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
         requests = [self._request(r) for _k, r in sorted(self.client.requests.items())]
+        chc: dict[str, Any] = {"listener-statistics": self.client.admission.stats.to_yang()}
         if requests:
-            out["call-home-client"] = {"requests": {"request": requests}}
+            chc["requests"] = {"request": requests}
+        out["call-home-client"] = chc
         sessions = [self._session(p) for p in self.client.ready_peers()]
         if sessions:
             out["sessions"] = {"session": sessions}
@@ -472,6 +482,7 @@ class ProviderManagement:
         """Wire the seams to a started *client*, then open the management ports."""
         self.mgmt.add_subscriber(ProviderConfigApplier(client))
         self.mgmt.set_state_provider(ProviderState(client))
+        client.admission.limits = provider_limits(self.mgmt.running_dict())
         client.status_observers.append(lambda r, previous: self._changed(client, r, previous))
         self._poller = asyncio.get_running_loop().create_task(self._poll(client), name="Call Home status poller")
         creds = client.credentials

@@ -22,6 +22,7 @@ from agent.numbers import rfc9132
 from agent.store.sqlite import SqliteStore
 from agent.transports.credentials import Credentials
 from agent.transports.dtls import add_dtls_server
+from agent.transports.limits import Admission
 from agent.transports.tls import add_tls_server, tls_server
 
 from .heartbeats import HeartbeatSender
@@ -48,6 +49,16 @@ class ServerOptions:
     heartbeats: bool = True
 
 
+def _stale_after(settings: ServerSettings) -> float | None:
+    """Seconds of silence after which an association no longer counts as a live peer's: the
+    idle-time heartbeat interval times (missing-hb-allowed + 1), RFC 9132 §4.7; None when
+    heartbeats are disabled (then no association is ever taken for a newcomer)."""
+    idle = settings.defaults.idle
+    if idle.heartbeat_interval <= 0:
+        return None
+    return float(idle.heartbeat_interval * (idle.missing_hb_allowed + 1))
+
+
 class DotsServer:
     def __init__(self, options: ServerOptions) -> None:
         self.options = options
@@ -62,6 +73,9 @@ class DotsServer:
         self.heartbeats: HeartbeatSender | None = None
         self.notifier: Any = None
         self.addresses: dict[str, list[tuple[str, int]]] = {}
+        #: handshakes and associations of every signal-channel listener (TLS and DTLS together)
+        self.admission = Admission(self.settings.limits, stale_after=_stale_after(self.settings),
+                                   name="signal channel")
 
     def _settings_from(self, tree: dict[str, Any] | None) -> ServerSettings:
         settings = ServerSettings.from_config(tree)
@@ -134,7 +148,7 @@ class DotsServer:
         creds = self.options.credentials
         binds = [(addr, self.options.port) for addr in self.options.listen]
         if "tls" in self.options.transports:
-            await add_tls_server(self.context, binds, creds)
+            await add_tls_server(self.context, binds, creds, admission=self.admission)
             server = tls_server(self.context)
             self.addresses["tls"] = list(server.addresses) if server else binds
             if server is not None:
@@ -145,7 +159,7 @@ class DotsServer:
                 port = self.options.port
                 if port == 0 and "tls" in self.addresses:  # same port number for both (SC-001)
                     port = next((p for h, p in self.addresses["tls"] if h == host), 0)
-                t = await add_dtls_server(self.context, (host, port), creds)
+                t = await add_dtls_server(self.context, (host, port), creds, admission=self.admission)
                 t.on_closed = lambda remote, _reason: self.sessions.closed(remote)
                 self.addresses["dtls"].append((host, t.port))
         if self.options.heartbeats:
@@ -175,6 +189,8 @@ class DotsServer:
         self.settings = self._settings_from(tree)
         self.service.settings = self.settings
         self.sessions.defaults = self.settings.defaults
+        self.admission.limits = self.settings.limits  # new handshakes and associations only
+        self.admission.stale_after = _stale_after(self.settings)
         try:
             self._attach_notifier(tree)
             changed = [name for name in self._mitigators

@@ -18,6 +18,7 @@ from agent.numbers import rfc9132
 from agent.protocol.server_rules import AcceptableRanges, ConflictPolicy, ServerPolicy
 from agent.protocol.session import SessionConfig, TransmissionConfig
 from agent.protocol.targets import IPNetwork
+from agent.transports.limits import ListenerLimits
 
 ROOT = "dots-agent:dots-agent"
 _ATTR = {"heartbeat-interval": "heartbeat_interval", "missing-hb-allowed": "missing_hb_allowed",
@@ -65,6 +66,7 @@ class ServerSettings:
     max_targets_per_request: int = 1024  # prefixes + names in one scope (decision cost is per pair)
     max_names_per_request: int = 16  # target-fqdn + target-uri entries resolved per request
     conflict_policy: ConflictPolicy = ConflictPolicy.REJECT
+    limits: ListenerLimits = field(default_factory=ListenerLimits)  # /server/limits (new connections only)
 
     # -- lookups -------------------------------------------------------------------------
     def client(self, cuid: str) -> ClientPolicy | None:
@@ -95,6 +97,7 @@ class ServerSettings:
         clients_node = server.get("clients") or {}
         clients = tuple(_client(c) for c in clients_node.get("client", []))
         kw["clients"] = clients
+        kw["limits"] = ListenerLimits.from_yang(server.get("limits"))
         if "max-mitigations-per-client" in server:
             kw["max_mitigations_per_client"] = int(server["max-mitigations-per-client"])
         kw["allow_unlisted"] = bool(clients_node.get("allow-unlisted", not clients))

@@ -100,6 +100,7 @@ class ServerState:
         if mitigations:
             node["mitigations"] = {"mitigation": mitigations}
         node["statistics"] = self._statistics()
+        node["listener-statistics"] = server.admission.stats.to_yang()
         return {ROOT: {"server": node}}
 
     async def _session(self, s: Session, now: float) -> dict[str, Any]:

@@ -22,7 +22,8 @@ and a time slot, keyed with a per-process random secret; because OpenSSL's cooki
 not told the peer address, the address is stored in the SSL object's app data just before the
 synchronous ``DTLSv1_listen`` call and read back by the callbacks.  With a valid cookie the SSL
 object becomes that address's association.  Each association lives until close_notify, a fatal
-alert, an idle timeout, eviction (``max_peers``, least recently active first) or shutdown.
+alert, an idle timeout, eviction (only by the same client's newer association, or when idle
+past its liveness: :mod:`agent.transports.limits`) or shutdown.
 Garbage never reaches an association unless it comes from that association's address, and even
 then OpenSSL discards records that fail authentication.  An epoch-0 ClientHello from an address
 with an established association must pass the cookie exchange before it replaces it.
@@ -60,6 +61,7 @@ Private APIs used: aiocoap's ``Context._append_tokenmanaged_messagemanaged_trans
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Hashable
 from typing import Any
 
 import aiocoap
@@ -74,6 +76,7 @@ from .dtls_core import (
     TransportShutdown,
 )
 from .dtls_server import DTLSServerRemote, DTLSServerTransport
+from .limits import Admission
 
 __all__ = [
     "CloseNotifyReceived",
@@ -101,16 +104,23 @@ def _find_tman(context: aiocoap.Context, transport: Any) -> Any:
 
 async def add_dtls_server(context: aiocoap.Context, bind: tuple[str, int], credentials: Credentials, *,
                           require_client_cert: bool = True, mtu: int = 1280, idle_timeout: float = 600.0,
-                          handshake_timeout: float = 60.0, max_peers: int = 1024,
-                          dead_peer_timeout: float | None = None) -> DTLSServerTransport:
+                          handshake_timeout: float | None = None, max_peers: int | None = None,
+                          dead_peer_timeout: float | None = None, admission: Admission | None = None,
+                          identity: Callable[[DTLSServerRemote], Hashable | None] | None = None
+                          ) -> DTLSServerTransport:
     """Serve ``coaps://`` (CoAP over DTLS) for ``context.serversite`` on ``bind``.
 
     ``bind`` is ``(address, port)``; port 0 picks a free port (see the result's ``.port``),
     ``"::"`` accepts IPv4 and IPv6.  ``mtu`` is the path MTU the datagrams must fit.
     Associations are closed (close_notify) after ``idle_timeout`` seconds without traffic,
-    dropped if their handshake takes longer than ``handshake_timeout``, or, when
-    ``dead_peer_timeout`` is set, if data was sent but nothing received for that long.  At most
-    ``max_peers`` associations are kept (the least recently active is evicted).  The returned
+    dropped if their handshake takes longer than ``handshake_timeout`` (default: the
+    admission's ``handshake-timeout``), or, when ``dead_peer_timeout`` is set, if data was sent
+    but nothing received for that long.  Handshakes and associations are admitted by
+    *admission* (:mod:`agent.transports.limits`; shared with other listeners to count them
+    together, a private one with the YANG defaults when None), per client *identity* (default:
+    the SHA-256 of the certificate's SPKI, or the PSK identity).  ``max_peers``, when set, is
+    one more cap on the associations of this socket; only unfinished handshakes are evicted
+    for a newcomer, never an established association.  The returned
     transport has ``async shutdown()`` and ``.port``; ``context.shutdown()`` also shuts it down.
     """
     loop = asyncio.get_running_loop()
@@ -119,7 +129,8 @@ async def add_dtls_server(context: aiocoap.Context, bind: tuple[str, int], crede
     async def construct(mman: Any) -> DTLSServerTransport:
         t = DTLSServerTransport(mman, credentials, require_client_cert=require_client_cert, mtu=mtu,
                                 idle_timeout=idle_timeout, handshake_timeout=handshake_timeout,
-                                max_peers=max_peers, dead_peer_timeout=dead_peer_timeout, loop=loop)
+                                max_peers=max_peers, dead_peer_timeout=dead_peer_timeout, loop=loop,
+                                admission=admission, identity=identity)
         await t._bind(bind)
         holder.append(t)
         return t

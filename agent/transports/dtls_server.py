@@ -8,7 +8,7 @@ import logging
 import socket
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import Any
 
 from aiocoap import error, interfaces
@@ -34,6 +34,7 @@ from .dtls_core import (
     payload_size_for,
     split_records,
 )
+from .limits import Admission, Association, ListenerLimits, address_key, spki_identity
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,8 @@ class DTLSServerRemote(interfaces.EndpointAddress):
         self.sockaddr = addr
         self.info: ConnInfo = conn.get_app_data()
         self.peer_cert_der: bytes | None = None
+        #: this association as the admission counts it, once established and admitted
+        self.assoc: Association | None = None
         #: aiocoap may lower this per remote; it starts at what fits the path MTU
         self.maximum_block_size_exp = block_size_exp_for(transport.mtu)
         self.maximum_payload_size = payload_size_for(transport.mtu)
@@ -114,6 +117,8 @@ class DTLSServerRemote(interfaces.EndpointAddress):
 
     def _on_established(self) -> None:
         self.peer_cert_der = self.channel.peer_cert_der()
+        if not self._transport._admit(self):
+            return
         log.debug("DTLS association with %s established in %.1f ms (cert=%s, psk=%r)", self.hostinfo,
                   1000 * (self.channel.handshake_seconds or 0), self.peer_cert_der is not None,
                   self.psk_identity)
@@ -129,6 +134,13 @@ class DTLSServerRemote(interfaces.EndpointAddress):
 
     def _on_closed(self, reason: Exception) -> None:
         self._transport._peer_closed(self, reason)
+
+
+def _default_identity(peer: DTLSServerRemote) -> Hashable | None:
+    """SHA-256 of the peer certificate's SPKI (what the cuid hashes), else its PSK identity."""
+    if peer.peer_cert_der is not None:
+        return spki_identity(peer.peer_cert_der)
+    return (b"psk:" + peer.psk_identity) if peer.psk_identity is not None else None
 
 
 class _ServerProtocol(asyncio.DatagramProtocol):
@@ -160,13 +172,20 @@ class DTLSServerTransport(interfaces.MessageInterface):
     on_closed: Callable[[DTLSServerRemote, Exception], None] | None = None
 
     def __init__(self, mman: interfaces.MessageManager, credentials: Credentials, *,
-                 require_client_cert: bool, mtu: int, idle_timeout: float, handshake_timeout: float,
-                 max_peers: int, dead_peer_timeout: float | None, loop: asyncio.AbstractEventLoop) -> None:
+                 require_client_cert: bool, mtu: int, idle_timeout: float, handshake_timeout: float | None,
+                 max_peers: int | None, dead_peer_timeout: float | None, loop: asyncio.AbstractEventLoop,
+                 admission: Admission | None = None,
+                 identity: Callable[[DTLSServerRemote], Hashable | None] | None = None) -> None:
         self._mman: interfaces.MessageManager | None = mman
         self.loop = loop
         self.mtu = mtu
         self.idle_timeout = idle_timeout
-        self.handshake_timeout = handshake_timeout
+        #: pending handshakes and associations are counted (and capped) here; may be shared
+        self.admission = admission or Admission(
+            ListenerLimits(handshake_timeout=handshake_timeout) if handshake_timeout else None, name="coaps")
+        self._handshake_timeout = handshake_timeout
+        #: who an association belongs to for max-associations-per-client
+        self.identity = identity or _default_identity
         self.dead_peer_timeout = dead_peer_timeout
         self.max_peers = max_peers
         self.cookies = CookieJar()
@@ -199,6 +218,12 @@ class DTLSServerTransport(interfaces.MessageInterface):
     @property
     def port(self) -> int:
         return int(self.local_address[1])
+
+    @property
+    def handshake_timeout(self) -> float:
+        """Seconds a handshake may take (the admission's limit, read at every sweep)."""
+        limit = self.admission.limits.handshake_timeout
+        return min(limit, self._handshake_timeout) if self._handshake_timeout else limit
 
     # ---------------------------------------------------------------- datagrams
 
@@ -241,14 +266,21 @@ class DTLSServerTransport(interfaces.MessageInterface):
         old = self.peers.pop(addr, None)
         if old is not None:
             old.channel.close(FatalDTLSError("peer started a new DTLS association"), notify=False)
-        if len(self.peers) >= self.max_peers:
-            # Make room from unfinished handshakes first (oldest first); an authenticated peer is
-            # only evicted for a new one when every slot holds an established association.
-            half_open = [a for a, p in self.peers.items() if not p.channel.established]
-            victims = half_open or list(self.peers)
-            while len(self.peers) >= self.max_peers and victims:
-                victim = self.peers.pop(victims.pop(0))
-                victim.channel.close(IdleTimeout("evicted: too many DTLS associations"))
+        if self.max_peers is not None and len(self.peers) >= self.max_peers:
+            # Room is made from unfinished handshakes only (oldest first): an established
+            # association is never evicted for a newcomer, which is refused instead.
+            for victim_addr in [a for a, p in self.peers.items() if not p.channel.established]:
+                if len(self.peers) < self.max_peers:
+                    break
+                self.peers[victim_addr].channel.close(IdleTimeout("evicted: too many DTLS handshakes"))
+            if len(self.peers) >= self.max_peers:
+                self.admission.stats.associations_refused += 1
+                self.admission.warn("max-peers", "coaps: %d DTLS associations (max_peers): refusing %s",
+                                    self.max_peers, address_key(addr))
+                return
+        if not self.admission.begin_handshake(addr):
+            self.stats["dropped"] += 1
+            return
         peer = DTLSServerRemote(self, addr, conn)
         self.peers[addr] = peer
         self.stats["accepted"] += 1
@@ -277,16 +309,34 @@ class DTLSServerTransport(interfaces.MessageInterface):
             return
         self._mman.dispatch_message(message)
 
+    def _admit(self, peer: DTLSServerRemote) -> bool:
+        """Handshake done: count it; register the association unless a limit refuses it."""
+        self.admission.end_handshake(peer.sockaddr, "completed")
+        ch = peer.channel
+        assoc = Association(address=address_key(peer.sockaddr), identity=self.identity(peer),
+                            close=lambda: ch.close(IdleTimeout("evicted: max-associations-per-client")),
+                            last_activity=lambda: ch.last_activity)
+        if not self.admission.established(assoc):
+            ch.close(IdleTimeout("refused: max-associations"))
+            return False
+        peer.assoc = assoc
+        return True
+
     def _peer_closed(self, peer: DTLSServerRemote, reason: Exception) -> None:
         if self.peers.get(peer.sockaddr) is peer:
             del self.peers[peer.sockaddr]
+        if peer.assoc is not None:
+            self.admission.released(peer.assoc)
+        elif not peer.channel.established:
+            timed_out = isinstance(reason, IdleTimeout) or "timed out" in str(reason)
+            self.admission.end_handshake(peer.sockaddr, "timed-out" if timed_out else "failed")
         log.debug("DTLS association with %s closed: %r", peer.hostinfo, reason)
-        if self.on_closed is not None and peer.channel.established:
+        if self.on_closed is not None and peer.assoc is not None:
             try:
                 self.on_closed(peer, reason)
             except Exception:
                 log.exception("on_closed hook failed")
-        if self._mman is not None and peer.channel.established:
+        if self._mman is not None and peer.assoc is not None:
             self._mman.dispatch_error(reason, peer)
 
     def send(self, message: Message) -> None:

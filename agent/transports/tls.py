@@ -35,7 +35,10 @@ import asyncio
 import logging
 import socket
 import ssl
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+import sys
+import time
+from asyncio import sslproto
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Sequence
 from typing import Any
 
 import aiocoap
@@ -46,6 +49,7 @@ from aiocoap.transports.tcp import TcpConnection
 from aiocoap.transports.tls import TLSClient, TLSServer
 
 from agent.transports.credentials import Credentials
+from agent.transports.limits import Admission, Association, ListenerLimits, address_key, spki_identity
 
 DOTS_SIGNAL_PORT = 4646
 """RFC 9132 §10.2: default port of the DOTS signal channel, on both TCP and UDP."""
@@ -146,9 +150,26 @@ def client_ssl_context(credentials: Credentials) -> ResumingSSLContext:
 class _ServerConnection(TcpConnection):
     """Server-side connection that joins its server's pool only once the TLS handshake is
     done (aiocoap adds it at accept time and never removes it when the handshake fails,
-    which leaks one object per failed handshake and poisons shutdown)."""
+    which leaks one object per failed handshake and poisons shutdown), and only if the
+    listener's :class:`~agent.transports.limits.Admission` takes it as an association."""
+
+    _assoc: Association | None = None
+    _refused = False
+    last_rx = 0.0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        server: DotsTLSServer = self._ctx
+        self.last_rx = time.monotonic()
+        peer = transport.get_extra_info("peername") or ("", 0)
+        ssl_object = transport.get_extra_info("ssl_object")
+        der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+        assoc = Association(address=address_key(peer), identity=server.identity(der),
+                            close=transport.close, last_activity=lambda: self.last_rx)
+        if not server.admission.established(assoc):
+            self._refused = True
+            transport.abort()
+            return
+        self._assoc = assoc
         self._ctx._pool.add(self)
         super().connection_made(transport)
         hook = getattr(self._ctx, "on_connection_made", None)
@@ -157,6 +178,100 @@ class _ServerConnection(TcpConnection):
                 hook(self)
             except Exception:  # a hook must not break the connection
                 _log.exception("on_connection_made hook failed")
+
+    def data_received(self, data: bytes) -> None:
+        self.last_rx = time.monotonic()
+        super().data_received(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._refused:
+            return
+        if self._assoc is not None:
+            self._ctx.admission.released(self._assoc)
+        super().connection_lost(exc)
+
+
+def _require_sslproto_hooks() -> None:
+    """The private asyncio hooks :class:`_AdmittedSSLProtocol` overrides must exist: without
+    them handshakes would never be counted as ended and the pending cap would fill up."""
+    missing = [name for name in ("_check_handshake_timeout", "_on_handshake_complete")
+               if not callable(getattr(sslproto.SSLProtocol, name, None))]
+    if not hasattr(sslproto, "SSLProtocolState"):
+        missing.append("SSLProtocolState")
+    if missing:
+        raise ImportError("agent.transports.tls needs the asyncio.sslproto of CPython 3.11-3.13 "
+                          f"(missing: {', '.join(missing)}); this is Python {sys.version.split()[0]}")
+
+
+_require_sslproto_hooks()
+
+
+class _AdmittedSSLProtocol(sslproto.SSLProtocol):
+    """asyncio's server-side SSL protocol, reporting the end of its handshake to the admission.
+
+    ``max_size`` (asyncio's read buffer, allocated per connection when the protocol is built)
+    is 256 KiB in asyncio; one TLS record is at most 16 KiB plus overhead, so 32 KiB reads
+    lose nothing and make every connection, pending or established, 224 KiB cheaper.
+    Relies on the private hooks ``_check_handshake_timeout`` / ``_on_handshake_complete`` of
+    asyncio's ``sslproto`` (Python 3.11+).
+    """
+
+    max_size = 32 * 1024
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, app: asyncio.BaseProtocol, ctx: ssl.SSLContext,
+                 admission: Admission, peer: Any, timeout: float) -> None:
+        super().__init__(loop, app, ctx, None, server_side=True, ssl_handshake_timeout=timeout)
+        self._admission = admission
+        self._peer = peer
+        self._pending = True
+
+    def _end(self, outcome: str) -> None:
+        if self._pending:
+            self._pending = False
+            self._admission.end_handshake(self._peer, outcome)
+
+    def _check_handshake_timeout(self) -> None:
+        if self._state == sslproto.SSLProtocolState.DO_HANDSHAKE:
+            self._end("timed-out")
+        super()._check_handshake_timeout()
+
+    def _on_handshake_complete(self, handshake_exc: BaseException | None) -> None:
+        self._end("completed" if handshake_exc is None else "failed")
+        super()._on_handshake_complete(handshake_exc)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._end("failed")  # the peer went away during the handshake
+        super().connection_lost(exc)
+
+
+class _Gate(asyncio.Protocol):
+    """What a TCP connection speaks until the admission has let its TLS handshake start.
+
+    The peer address is known only here (asyncio calls a server's protocol factory without
+    it), so TLS is layered on in ``connection_made``, as ``loop.start_tls`` does: a refused
+    connection is aborted before any SSL state or buffer exists.
+    """
+
+    def __init__(self, server: DotsTLSServer, app_factory: Callable[[], asyncio.Protocol],
+                 ssl_context: ssl.SSLContext, loop: asyncio.AbstractEventLoop) -> None:
+        self.server, self.app_factory, self.ssl_context, self.loop = server, app_factory, ssl_context, loop
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        peer = transport.get_extra_info("peername") or ("", 0)
+        admission = self.server.admission
+        if not admission.begin_handshake(peer):
+            transport.abort()
+            return
+        proto = _AdmittedSSLProtocol(self.loop, self.app_factory(), self.ssl_context, admission, peer,
+                                     admission.limits.handshake_timeout)
+        transport.set_protocol(proto)
+        proto.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:  # pragma: no cover - replaced before any data
+        pass
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        pass
 
 
 class DotsTLSServer(TLSServer):
@@ -172,9 +287,14 @@ class DotsTLSServer(TLSServer):
     on_connection_made: Callable[[TcpConnection], None] | None = None
     on_connection_lost: Callable[[TcpConnection, Exception | None], None] | None = None
 
-    def __init__(self) -> None:
+    def __init__(self, admission: Admission | None = None,
+                 identity: Callable[[bytes | None], Hashable | None] = spki_identity) -> None:
         super().__init__()
         self.servers: list[asyncio.base_events.Server] = []
+        #: pending handshakes and connections are counted (and capped) here; may be shared
+        self.admission = admission or Admission(name="coaps+tcp")
+        #: who a connection belongs to for max-associations-per-client (peer certificate -> key)
+        self.identity = identity
 
     def _dispatch_error(self, connection: TcpConnection, exc: Exception | None) -> None:
         hook = self.on_connection_lost
@@ -189,21 +309,30 @@ class DotsTLSServer(TLSServer):
     async def create_on(cls, binds: Iterable[tuple[str, int]], tman: interfaces.TokenManager,
                         log: logging.Logger, loop: asyncio.AbstractEventLoop,
                         ssl_context: ssl.SSLContext,
-                        handshake_timeout: float = HANDSHAKE_TIMEOUT) -> DotsTLSServer:
-        """Listen on every ``(host, port)`` of *binds* (port 0: pick a free one)."""
-        self = cls()
+                        handshake_timeout: float | None = None, *,
+                        admission: Admission | None = None) -> DotsTLSServer:
+        """Listen on every ``(host, port)`` of *binds* (port 0: pick a free one).
+
+        Handshakes and connections are admitted by *admission* (a new one with the default
+        limits, or ``handshake_timeout``, when None); the handshake timeout is read from its
+        limits for every new connection."""
+        if admission is None:
+            admission = Admission(ListenerLimits(handshake_timeout=handshake_timeout or HANDSHAKE_TIMEOUT),
+                                  name="coaps+tcp")
+        self = cls(admission)
         self._tokenmanager = tman
         self.log = log
 
         def new_connection() -> TcpConnection:
             return _ServerConnection(self, log, loop, is_server=True)
 
+        def gate() -> _Gate:
+            return _Gate(self, new_connection, ssl_context, loop)
+
         try:
             for host, port in binds:
                 try:
-                    server = await loop.create_server(new_connection, host or None, port, ssl=ssl_context,
-                                                      ssl_handshake_timeout=handshake_timeout,
-                                                      reuse_address=True)
+                    server = await loop.create_server(gate, host or None, port, reuse_address=True)
                 except socket.gaierror as e:
                     raise coap_error.ResolutionError(f"cannot bind to {host!r}: {e}") from e
                 self.servers.append(server)
@@ -289,12 +418,13 @@ async def append_token_transport(context: aiocoap.Context,
 
 async def add_tls_server(context: aiocoap.Context, binds: Sequence[tuple[str, int]],
                          credentials: Credentials, *,
-                         handshake_timeout: float = HANDSHAKE_TIMEOUT) -> DotsTLSServer:
-    """Serve coaps+tcp with mutual X.509 on *binds* from *context*."""
+                         handshake_timeout: float | None = None,
+                         admission: Admission | None = None) -> DotsTLSServer:
+    """Serve coaps+tcp with mutual X.509 on *binds* from *context*, within *admission*'s limits."""
     ssl_context = server_ssl_context(credentials)
     return await append_token_transport(
         context, lambda tman: DotsTLSServer.create_on(binds, tman, context.log, context.loop, ssl_context,
-                                                      handshake_timeout))
+                                                      handshake_timeout, admission=admission))
 
 
 async def add_tls_client(context: aiocoap.Context, credentials: Credentials) -> DotsTLSClient:
@@ -321,7 +451,8 @@ def tls_server(context: aiocoap.Context) -> DotsTLSServer | None:
 async def create_server_context(site: Any, binds: list[tuple[str, int]], credentials: Credentials, *,
                                 extra_transports: Sequence[TransportAdder] = (),
                                 client: bool = False,
-                                loggername: str = "coap-server") -> aiocoap.Context:
+                                loggername: str = "coap-server",
+                                admission: Admission | None = None) -> aiocoap.Context:
     """aiocoap Context serving *site* over coaps+tcp on *binds* with mutual X.509.
 
     Only TCP sockets are opened (no udp6), so *extra_transports* (or later calls) can add a
@@ -330,7 +461,7 @@ async def create_server_context(site: Any, binds: list[tuple[str, int]], credent
     """
     context = aiocoap.Context(loop=asyncio.get_running_loop(), serversite=site, loggername=loggername)
     try:
-        await add_tls_server(context, binds, credentials)
+        await add_tls_server(context, binds, credentials, admission=admission)
         if client:
             await add_tls_client(context, credentials)
         for adder in extra_transports:
