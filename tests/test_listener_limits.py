@@ -284,3 +284,15 @@ def test_limits_from_configuration_and_counters_in_yang():
     assert provider_limits(tree).max_pending_handshakes == 7
     stats = Admission().stats.to_yang()
     assert stats["handshakes-pending"] == 0 and stats["associations-refused"] == "0"
+
+
+def test_ipv6_sources_are_counted_per_64():
+    from agent.transports.limits import Admission, ListenerLimits
+
+    adm = Admission(ListenerLimits(max_pending_handshakes_per_address=2))
+    # one host hopping through its /64 is still one source
+    assert adm.begin_handshake(("2001:db8:1:2::1", 4646)) and adm.begin_handshake(("2001:db8:1:2::ffff", 4646))
+    assert not adm.begin_handshake(("2001:db8:1:2:dead:beef::1", 4646))
+    assert adm.begin_handshake(("2001:db8:1:3::1", 4646))  # the next /64 is someone else
+    assert adm.begin_handshake(("::ffff:192.0.2.1", 4646)) and adm.begin_handshake(("192.0.2.1", 4646))
+    assert not adm.begin_handshake(("192.0.2.1", 4646))  # IPv4-mapped counts as the IPv4 address

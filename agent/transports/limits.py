@@ -124,15 +124,24 @@ def spki_identity(cert_der: bytes | None) -> Hashable | None:
     return hashlib.sha256(spki).digest()
 
 
+IPV6_GROUP = 64
+"""IPv6 sources are counted per /64: one host (or one customer LAN) holds a whole /64, so
+per-address limits counted per exact IPv6 address would not limit anyone."""
+
+
 def address_key(addr: Any) -> str:
-    """The source address a per-address limit counts by (IPv4-mapped IPv6 as IPv4)."""
+    """What a per-address limit counts by: the IPv4 address (IPv4-mapped IPv6 included), or
+    the IPv6 /64 the address is in (loopback ``::1`` stays itself)."""
     host = addr[0] if isinstance(addr, tuple | list) else str(addr)
     try:
         ip = ipaddress.ip_address(str(host).split("%", 1)[0])
     except ValueError:
         return str(host)
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return str(ip.ipv4_mapped)
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        if not ip.is_loopback:
+            return str(ipaddress.IPv6Network((ip, IPV6_GROUP), strict=False))
     return str(ip)
 
 

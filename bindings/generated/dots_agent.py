@@ -866,7 +866,7 @@ its connection closed (TLS).
     Getter method for max_pending_handshakes_per_address, mapped from YANG variable /dots_agent/server/limits/max_pending_handshakes_per_address (uint32)
 
     YANG Description: (D)TLS handshakes in progress at once from one source
-address.
+address (IPv6: from one /64).
     """
         try:
             return self.__max_pending_handshakes_per_address
@@ -883,7 +883,7 @@ address.
     do so via calling thisObj._set_max_pending_handshakes_per_address() directly.
 
     YANG Description: (D)TLS handshakes in progress at once from one source
-address.
+address (IPv6: from one /64).
     """
         if hasattr(v, '_utype'):
             v = v._utype(v)
@@ -1026,7 +1026,7 @@ never another peer's.
     Getter method for max_associations_per_address, mapped from YANG variable /dots_agent/server/limits/max_associations_per_address (uint16)
 
     YANG Description: Established DTLS associations plus TLS connections from
-one source address.
+one source address (IPv6: from one /64).
     """
         try:
             return self.__max_associations_per_address
@@ -1043,7 +1043,7 @@ one source address.
     do so via calling thisObj._set_max_associations_per_address() directly.
 
     YANG Description: Established DTLS associations plus TLS connections from
-one source address.
+one source address (IPv6: from one /64).
     """
         if hasattr(v, '_utype'):
             v = v._utype(v)
@@ -24435,7 +24435,7 @@ its connection closed (TLS).
     Getter method for max_pending_handshakes_per_address, mapped from YANG variable /dots_agent/call_home/call_home_client/limits/max_pending_handshakes_per_address (uint32)
 
     YANG Description: (D)TLS handshakes in progress at once from one source
-address.
+address (IPv6: from one /64).
     """
         try:
             return self.__max_pending_handshakes_per_address
@@ -24452,7 +24452,7 @@ address.
     do so via calling thisObj._set_max_pending_handshakes_per_address() directly.
 
     YANG Description: (D)TLS handshakes in progress at once from one source
-address.
+address (IPv6: from one /64).
     """
         if hasattr(v, '_utype'):
             v = v._utype(v)
@@ -24595,7 +24595,7 @@ never another peer's.
     Getter method for max_associations_per_address, mapped from YANG variable /dots_agent/call_home/call_home_client/limits/max_associations_per_address (uint16)
 
     YANG Description: Established DTLS associations plus TLS connections from
-one source address.
+one source address (IPv6: from one /64).
     """
         try:
             return self.__max_associations_per_address
@@ -24612,7 +24612,7 @@ one source address.
     do so via calling thisObj._set_max_associations_per_address() directly.
 
     YANG Description: Established DTLS associations plus TLS connections from
-one source address.
+one source address (IPv6: from one /64).
     """
         if hasattr(v, '_utype'):
             v = v._utype(v)
