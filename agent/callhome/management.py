@@ -223,7 +223,8 @@ class CpeState:
         pending = [self._pending(p) for p in server.service.pending_approvals()]
         if pending:
             node["pending-approvals"] = {"pending-approval": pending}
-        mitigations = [self._mitigation(e) for _k, e in sorted(server.service.entries.items())]
+        mitigations = [self._mitigation(e) for _k, e in sorted(server.service.entries.items())
+                       if e.committed]  # nothing reported before the store committed it
         if mitigations:
             node["mitigations"] = {"mitigation": mitigations}
         out: dict[str, Any] = {}

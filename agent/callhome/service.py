@@ -192,14 +192,22 @@ class CallHomeService(MitigationService):
                 self.pending[key] = PendingApproval(cuid, mid, now, now + self.approval_timeout, dict(request),
                                                     tuple(str(s) for s in sorted(enforced.source_prefixes, key=str)))
                 pending_added = True
-        outcome = await super().put(cuid, mid, members, if_match=if_match, cdid=cdid)
-        if not outcome.code.startswith("2") or outcome.ignored:
+
+        def undo() -> None:
             if pending_added:
                 self.pending.pop(key, None)
             if previous is None:
                 self.translations.pop(key, None)
             else:
                 self.translations[key] = previous
+
+        try:
+            outcome = await super().put(cuid, mid, members, if_match=if_match, cdid=cdid)
+        except BaseException:  # not stored (StoreError): the request left nothing behind
+            undo()
+            raise
+        if not outcome.code.startswith("2") or outcome.ignored:
+            undo()
         elif pending_added:
             self._arm_approval_timeout(self.pending[key])
             log.warning("Call Home request %s/%s is waiting for administrator consent (sources %s -> "
@@ -233,14 +241,11 @@ class CallHomeService(MitigationService):
         async with self._lock:
             if self.entries.get((entry.cuid, entry.mid)) is not entry:
                 return
-            if entry.machine.state is Status.ATTACK_MITIGATION_IN_PROGRESS:
-                now = self.clock()
-                entry.machine.mitigator_reports(now, Status.ATTACK_SUCCESSFULLY_MITIGATED)
-                entry.record = self._record(entry, now)
-                self.installed_at[(entry.cuid, entry.mid)] = time.monotonic()
-                await self.store.put_mitigation(entry.record)
-            else:
+            if entry.machine.state is not Status.ATTACK_MITIGATION_IN_PROGRESS:
                 return
+            if not await self._report(entry, Status.ATTACK_SUCCESSFULLY_MITIGATED):
+                return  # status 2 is reported once stored
+            self.installed_at[(entry.cuid, entry.mid)] = time.monotonic()
         self._notify(entry)
 
     async def _remove(self, entry: Entry) -> None:
@@ -307,15 +312,24 @@ class CallHomeService(MitigationService):
             p.timer.cancel()
         log.warning("administrator rejected %s/%s as legitimate traffic%s", cuid, mid,
                     f" ({reason})" if reason else "")
-        work = Work()
+        work = Work.gated()
         async with self._lock:
             if entry.machine.allowed(lifecycle.Event.SERVER_WITHDRAW):
                 now = self.clock()
+                work.keep((cuid, mid), entry)
                 self.rejected[(cuid, mid)] = reason or "rejected by the administrator"
                 transition = entry.machine.server_withdraw(now)
                 entry.record = self._record(entry, now)
                 self._plan(entry, transition.effects, work)
-        await self._finish(work)
+            work.seal()
+        try:
+            await self._finish(work)
+        except BaseException:  # not stored: still pending, nothing withdrawn or notified
+            self.rejected.pop((cuid, mid), None)
+            if self.get(cuid, mid) is entry:
+                self.pending[(cuid, mid)] = p
+                self._arm_approval_timeout(p)
+            raise
         return entry.machine.status or Status.ATTACK_MITIGATION_TERMINATED
 
     # -- status ----------------------------------------------------------------------------------

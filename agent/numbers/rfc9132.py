@@ -249,6 +249,11 @@ REDIRECT_LOOP_WINDOW = 300.0  # §4.6: ignore a redirect back to a server used w
 HAPPY_EYEBALLS_DELAY = 0.100  # §4.3: Connection Attempt Delay during an attack
 PROBE_MIN_INTERVAL = 300.0  # §4.3: probing the preferred path not more often than every 5 minutes
 
+# --- temporary failures (RFC 7252 §5.9.3.4) ---------------------------------------------------
+# A change the server could not store (disk full, I/O error) is answered 5.03 Service Unavailable
+# with this Max-Age: "the number of seconds after which to retry".  Nothing was changed.
+STORE_UNAVAILABLE_RETRY_AFTER = 30
+
 # --- DTLS (§7.3) ----------------------------------------------------------------------------
 DEFAULT_PMTU = 1280
 DTLS12_RECORD_HEADER = 13

@@ -20,6 +20,17 @@ So concurrent requests from many clients share commits instead of queueing behin
 other's fsync.  Decisions only look at the client's own requests and at other clients'
 requests whose prefixes intersect (``PrefixIndex``), not at every request the server holds.
 
+Effects only after persistence: a client's change (PUT, DELETE, Call Home consent) carries a
+*gate*, a future resolved once its store writes are settled.  Its mitigator operations are queued
+in decision order with that gate; the enforcer awaits the gate and skips them when a write
+failed, and observers are called only after the commit.  On a failure the change is undone under
+the lock: each touched request is brought back to what the store holds (the snapshot taken
+before the change when nothing committed since), the operations needed to match that state are
+queued, and the caller gets :class:`StoreError` (answered 5.03 with Max-Age by the resources).
+Timer-driven changes (expiry, signal loss) are not gated: they follow the clock, and a restart
+applies the same rules to the stored records.  A request created by a PUT is left out of status
+answers (``reported``) until its commit.
+
 Timers: one ``loop.call_at`` handle per entry, re-armed on every ``ScheduleTimer`` effect.
 Counters: a poller reads the mitigator's counters every ``counter_interval`` seconds, derives
 bps/pps from the deltas, stores them and notifies observers when they changed.
@@ -50,9 +61,10 @@ from agent.protocol.server_rules import (
     decide_mitigation_put,
 )
 from agent.protocol.targets import Targets, forbidden_reason, within
-from agent.store.interface import MitigationRecord, Store
+from agent.store.interface import MitigationRecord, Store, StoreError
 
 from . import scope as scopes
+from .changes import Snapshot, Work
 from .index import PrefixIndex
 from .resolve import Resolution, Resolver, resolve_targets, system_resolver
 from .settings import ServerSettings
@@ -74,6 +86,7 @@ class Entry:
     last_counters: tuple[float, int, int] | None = None  # (time, bytes, pkts)
     mitigator_name: str = ""
     resolved: tuple[str, ...] = ()  # host prefixes of target-fqdn / target-uri (SC-038/039)
+    committed: bool = True  # False while the PUT that created it waits for its commit (not reported)
 
     @property
     def key(self) -> str:
@@ -106,15 +119,6 @@ class Stats:
     deletes: int = 0
 
 
-@dataclass
-class Work:
-    """What one change left to await outside the lock."""
-
-    writes: list[asyncio.Future[Any]] = field(default_factory=list)
-    enforce: list[asyncio.Future[Any]] = field(default_factory=list)
-    notify: list[Entry] = field(default_factory=list)
-
-
 class MitigationService:
     # Resolve target-fqdn / target-uri to addresses and enforce on them (RFC 9132 SC-038/039).
     # Call Home (RFC 9066 §5.3.1) treats them as information for the administrator only.
@@ -138,7 +142,8 @@ class MitigationService:
         self.stats = Stats()
         self._lock = asyncio.Lock()
         self._poller: asyncio.Task[None] | None = None
-        self._ops: asyncio.Queue[tuple[str, Entry, asyncio.Future[None]]] = asyncio.Queue()
+        self._ops: asyncio.Queue[tuple[str, Entry, asyncio.Future[None], asyncio.Future[bool] | None]] = \
+            asyncio.Queue()
         self._enforcer: asyncio.Task[None] | None = None
 
     # -- start / stop ----------------------------------------------------------------------
@@ -214,6 +219,13 @@ class MitigationService:
 
     def of_client(self, cuid: str) -> list[Entry]:
         return [e for _m, e in sorted(self.by_client.get(cuid, {}).items())]
+
+    def reported(self, cuid: str, mid: int | None = None) -> list[Entry]:
+        """What status answers show: committed requests only (one mid, or all of the client)."""
+        if mid is None:
+            return [e for e in self.of_client(cuid) if e.committed]
+        e = self.entries.get((cuid, mid))
+        return [e] if e is not None and e.committed else []
 
     def get(self, cuid: str, mid: int) -> Entry | None:
         return self.entries.get((cuid, mid))
@@ -328,11 +340,13 @@ class MitigationService:
     def _accept(self, cuid: str, mid: int, request: dict[str, Any], targets: Targets, decision: Accept,
                 cdid: str | None, mitigator: str | None, resolved: tuple[str, ...] = ()) -> tuple[PutOutcome, Work]:
         now = self.clock()
-        work = Work()
+        work = Work.gated()
+        work.keep((cuid, mid), self.entries.get((cuid, mid)))
         removed: list[Entry] = []
         for old_mid in decision.replaces:  # lower overlapping mids of this client go (SC-065)
             old = self.entries.get((cuid, old_mid))
             if old is not None:
+                work.keep((cuid, old_mid), old)
                 old.machine.replaced(now, mid)
                 removed.append(old)
         entry = self.entries.get((cuid, mid))
@@ -344,7 +358,9 @@ class MitigationService:
                                    lifetime=decision.lifetime, cdid=cdid,
                                    trigger_mitigation=machine.trigger_mitigation, created_at=now,
                                    mitigator=mitigator or self.settings.mitigator)
-            entry = Entry(cuid, mid, machine, request, targets, rec, mitigator_name=rec.mitigator, resolved=resolved)
+            entry = Entry(cuid, mid, machine, request, targets, rec, mitigator_name=rec.mitigator, resolved=resolved,
+                          committed=False)
+            work.created.append(entry)
             if decision.inactive and decision.conflict is not None:
                 transition = machine.accept_inactive(now, decision.conflict.retry_timer or 0)
             else:
@@ -364,6 +380,7 @@ class MitigationService:
         for d in decision.deactivates:  # overlapped preconfigured requests step aside (SC-068)
             other = self.entries.get((cuid, d))
             if other is not None and other.machine.allowed(lifecycle.Event.SERVER_WITHDRAW):
+                work.keep((cuid, d), other)
                 other.machine.server_withdraw(now)
                 other.record = self._record(other, now)
                 deactivated.append(other)
@@ -373,11 +390,12 @@ class MitigationService:
         self._plan(entry, transition.effects, work, persisted=True)
         for old in removed:  # make-before-break: the new rules are queued before the old go
             self._forget(old)
-            work.enforce.append(self._queue_op("remove", old))
+            work.enforce.append(self._queue_op("remove", old, work.gate))
             work.notify.append(old)
         for d in deactivated:
-            work.enforce.append(self._queue_op("remove", d))
+            work.enforce.append(self._queue_op("remove", d, work.gate))
             work.notify.append(d)
+        work.seal()
         code = "2.01" if decision.created else "2.04"
         return PutOutcome(code, entry=entry, lifetime=decision.lifetime, conflict=decision.conflict), work
 
@@ -400,9 +418,10 @@ class MitigationService:
             if entry is None or not entry.machine.allowed(lifecycle.Event.CLIENT_WITHDRAW):
                 return
             now = self.clock()
+            work = Work.gated()
+            work.keep((cuid, mid), entry)
             transition = entry.machine.client_withdraw(now)
             entry.record = self._record(entry, now)
-            work = Work()
             if transition.state is lifecycle.GONE:
                 work.writes.append(asyncio.ensure_future(self.store.delete_mitigation(cuid, mid)))
                 self._forget(entry)
@@ -410,6 +429,7 @@ class MitigationService:
             else:
                 work.writes.append(asyncio.ensure_future(self.store.put_mitigation(entry.record)))
             self._plan(entry, transition.effects, work, persisted=True)
+            work.seal()
         await self._finish(work)
         log.info("DELETE %s/%s -> %s", cuid, mid, transition.state)
 
@@ -472,18 +492,29 @@ class MitigationService:
                 else:
                     work.writes.append(asyncio.ensure_future(self.store.put_mitigation(entry.record)))
             elif isinstance(effect, lifecycle.InstallMitigation):
-                work.enforce.append(self._queue_op("apply", entry))
+                work.enforce.append(self._queue_op("apply", entry, work.gate))
             elif isinstance(effect, lifecycle.RemoveMitigation):
-                work.enforce.append(self._queue_op("remove", entry))
+                work.enforce.append(self._queue_op("remove", entry, work.gate))
             elif isinstance(effect, lifecycle.NotifyObservers):
                 work.notify.append(entry)
             elif isinstance(effect, lifecycle.ScheduleTimer):
                 self._arm(entry)
 
     async def _finish(self, work: Work) -> None:
-        """Durable first, then enforced, then observers (the caller answers after this)."""
-        if work.writes:
-            await asyncio.gather(*work.writes)
+        """Durable first, then enforced, then observers (the caller answers after this).
+
+        A gated change whose writes failed is undone (:meth:`_undo`) and raises StoreError:
+        nothing of it was enforced or notified.
+        """
+        failed = await work.failure()
+        if failed is not None and work.gate is not None:
+            await asyncio.gather(*work.enforce)  # skipped by the enforcer (gate closed)
+            await self._undo(work)
+            raise failed  # StoreError: 5.03; anything else (a bug) stays an internal error
+        if failed is not None:  # ungated (timers): the in-memory change stands, restart re-derives
+            log.error("could not store a timer-driven change: %s", failed)
+        for entry in work.created:
+            entry.committed = True
         if work.enforce:
             await asyncio.gather(*work.enforce)
         seen: set[int] = set()
@@ -492,17 +523,60 @@ class MitigationService:
                 seen.add(id(entry))
                 self._notify(entry)
 
-    def _queue_op(self, op: str, entry: Entry) -> asyncio.Future[None]:
+    async def _undo(self, work: Work) -> None:
+        """Bring every request the failed change touched back to what the store holds."""
+        ops: list[asyncio.Future[None]] = []
+        async with self._lock:
+            for key, snap in work.snapshots.items():
+                try:
+                    committed = await self.store.get_mitigation(*key)
+                except StoreError as exc:  # unreadable too: the state before the change is the best guess
+                    log.error("cannot read %s/%s back after a failed write: %s", *key, exc)
+                    committed = snap.record
+                current = self.entries.get(key)
+                if committed == snap.record:  # nothing committed since: exactly the state before
+                    restored = snap.restore()
+                    if current is not None and current is not restored:
+                        self._forget(current)
+                    if restored is not None:
+                        self._add(restored)
+                        self._arm(restored)
+                    continue  # the mitigator never saw the change (its operations were skipped)
+                # a later change committed in between: follow the store
+                if committed is None:
+                    if current is not None:
+                        self._forget(current)
+                        ops.append(self._queue_op("remove", current))
+                    continue
+                if current is None or current.record != committed:
+                    entry = self._restore(committed)
+                    entry.resolved = (current or snap.entry or entry).resolved
+                    if current is not None:
+                        self._forget(current)
+                    self._add(entry)
+                    self._arm(entry)
+                    current = entry
+                ops.append(self._queue_op("apply" if current.machine.installed else "remove", current))
+        if ops:
+            await asyncio.gather(*ops)
+        log.warning("undid a change that could not be stored (%s)",
+                    ", ".join(f"{c}/{m}" for c, m in work.snapshots))
+
+    def _queue_op(self, op: str, entry: Entry, gate: asyncio.Future[bool] | None = None) -> asyncio.Future[None]:
+        """Queue a mitigator operation; with a *gate* it runs only if that change committed."""
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._ops.put_nowait((op, entry, fut))
+        self._ops.put_nowait((op, entry, fut, gate))
         return fut
 
     async def _enforce_loop(self) -> None:
         """The one consumer of mitigator operations, so they happen in the order decided."""
         while True:
-            op, entry, fut = await self._ops.get()
+            op, entry, fut, gate = await self._ops.get()
             try:
-                if op == "apply":
+                if gate is not None and not await asyncio.shield(gate):
+                    log.info("not %s %s: the change was not stored", "applying" if op == "apply" else "removing",
+                             entry.key)
+                elif op == "apply":
                     await self._install(entry)
                 else:
                     await self._remove(entry)
@@ -537,12 +611,26 @@ class MitigationService:
         except (MitigatorError, OSError, ValueError) as exc:
             log.error("mitigator %s failed for %s: %s", entry.mitigator_name, entry.key, exc)
             async with self._lock:
-                if entry.machine.allowed(lifecycle.Event.REPORT_CAPACITY_EXCEEDED) and \
-                        self.entries.get((entry.cuid, entry.mid)) is entry:
-                    entry.machine.mitigator_reports(self.clock(), Status.ATTACK_EXCEEDED_CAPABILITY)
-                    entry.record = self._record(entry, self.clock())
-                    await self.store.put_mitigation(entry.record)
+                if not (entry.machine.allowed(lifecycle.Event.REPORT_CAPACITY_EXCEEDED) and
+                        self.entries.get((entry.cuid, entry.mid)) is entry):
+                    return
+                if not await self._report(entry, Status.ATTACK_EXCEEDED_CAPABILITY):
+                    return
             self._notify(entry)
+
+    async def _report(self, entry: Entry, status: Status) -> bool:
+        """The mitigator's report changes the status (under the lock): stored, or not at all."""
+        before = Snapshot.of(entry)
+        now = self.clock()
+        entry.machine.mitigator_reports(now, status)
+        entry.record = self._record(entry, now)
+        try:
+            await self.store.put_mitigation(entry.record)
+        except StoreError as exc:
+            before.restore()
+            log.error("status %s of %s not stored, so not reported: %s", status.yang, entry.key, exc)
+            return False
+        return True
 
     async def _remove(self, entry: Entry) -> None:
         try:
@@ -585,11 +673,15 @@ class MitigationService:
             r = entry.record
             if (c.bytes_dropped, c.pkts_dropped, bps, pps) != (r.bytes_dropped, r.pkts_dropped,
                                                                 r.bps_dropped, r.pps_dropped):
-                entry.record = r.replace(bytes_dropped=c.bytes_dropped, pkts_dropped=c.pkts_dropped,
-                                         bps_dropped=bps, pps_dropped=pps, updated_at=now)
-                await self.store.update_counters(entry.cuid, entry.mid, bytes_dropped=c.bytes_dropped,
-                                                 pkts_dropped=c.pkts_dropped, bps_dropped=bps,
-                                                 pps_dropped=pps, updated_at=now)
+                try:  # reported once stored
+                    await self.store.update_counters(entry.cuid, entry.mid, bytes_dropped=c.bytes_dropped,
+                                                     pkts_dropped=c.pkts_dropped, bps_dropped=bps,
+                                                     pps_dropped=pps, updated_at=now)
+                except StoreError as exc:
+                    log.error("counters of %s not stored, so not reported: %s", entry.key, exc)
+                    continue
+                entry.record = entry.record.replace(bytes_dropped=c.bytes_dropped, pkts_dropped=c.pkts_dropped,
+                                                    bps_dropped=bps, pps_dropped=pps, updated_at=now)
                 self._notify(entry)
 
     # -- status reporting (the resources turn this into messages) --------------------------

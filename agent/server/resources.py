@@ -4,7 +4,10 @@ One aiocoap resource takes every request under ``/.well-known/dots``, authentica
 (cuid from its certificate, §4.4.1.1), decodes the body with the codec and hands plain values
 to ``MitigationService`` / ``SessionRegistry``.  Every 4.xx/5.xx answer carries a diagnostic
 payload (SC-005); 2.xx payloads are application/dots+cbor (SC-004).  A failure inside a
-handler becomes 5.00 with a diagnostic and never reaches aiocoap as an exception.
+handler becomes 5.00 with a diagnostic and never reaches aiocoap as an exception; a change the
+store could not commit (:class:`StoreError`) is 5.03 with Max-Age
+``STORE_UNAVAILABLE_RETRY_AFTER`` and nothing of it was enforced, notified or reported.  A
+request with an unrecognised critical option is 4.02 before anything reads it (``options``).
 
 Observe (§4.4.2.1): a GET with Observe=0 on ``mitigate`` (one mid or all of a client) or on
 ``config`` registers the pipe; changes are pushed as Non-confirmable notifications (SC-090),
@@ -37,9 +40,11 @@ from agent.codec import CodecError, Direction, MessageType, decode_cbor
 from agent.codec.messages import encode_members
 from agent.numbers import rfc9132
 from agent.protocol.server_rules import ConflictInfo, Reject, decide_config_put
+from agent.store.interface import StoreError
 from agent.transports.identity import peer_cuid
 
 from .mitigations import Entry, MitigationService, PutOutcome
+from .options import refuse_options
 from .sessions import SessionRegistry, config_members, values_from_members
 from .settings import ServerSettings
 from .uri import Params, UriError, content_filter, parse_params
@@ -63,6 +68,15 @@ class Refused(Exception):
 
 def error(code: coap.Code, diagnostic: str) -> Message:
     return Message(code=code, payload=diagnostic.encode("utf-8")[:512], content_format=TEXT)
+
+
+def unavailable(exc: StoreError) -> Message:
+    """A change the store could not commit: 5.03 with Max-Age as the retry hint; nothing changed."""
+    log.error("storage failure, answering 5.03: %s", exc)
+    msg = error(coap.SERVICE_UNAVAILABLE, "the server could not store this change (storage unavailable); "
+                f"nothing was changed: retry in {rfc9132.STORE_UNAVAILABLE_RETRY_AFTER} s")
+    msg.opt.max_age = rfc9132.STORE_UNAVAILABLE_RETRY_AFTER
+    return msg
 
 
 def dots(code: coap.Code, body: bytes, **opts: Any) -> Message:
@@ -161,6 +175,13 @@ class DotsResource(Resource, PathCapable):
 
     async def render_to_pipe(self, pipe: Any) -> None:
         request = pipe.request
+        refused = refuse_options(request)  # before anything acts on the request (RFC 7252 §5.4.1)
+        if refused is not None:
+            answer = error(*refused)
+            self.counters.count(answer.code)
+            log.info("%s %s -> %s %s", request.code, "/".join(request.opt.uri_path), answer.code, refused[1])
+            pipe.add_response(answer, is_last=True)
+            return
         b2 = request.opt.block2
         if request.code == coap.GET and b2 is not None and b2.block_number > 0 and request.opt.etags:
             # SC-083: a client repeats the ETag of block 0 when it asks for the next blocks.  The
@@ -173,6 +194,8 @@ class DotsResource(Resource, PathCapable):
                 first = await self._observe(pipe)
             except Refused as exc:
                 first = self._refusal(exc)
+            except StoreError as exc:
+                first = unavailable(exc)
             except Exception as exc:  # keep serving whatever happens in a handler
                 log.exception("observe failed")
                 first = error(coap.INTERNAL_SERVER_ERROR, f"internal error: {type(exc).__name__}")
@@ -187,6 +210,8 @@ class DotsResource(Resource, PathCapable):
             response = await self._dispatch(request)
         except Refused as exc:
             response = self._refusal(exc)
+        except StoreError as exc:
+            response = unavailable(exc)
         except Exception as exc:
             log.exception("request failed")
             response = error(coap.INTERNAL_SERVER_ERROR, f"internal error: {type(exc).__name__}")
@@ -323,11 +348,7 @@ class DotsResource(Resource, PathCapable):
         return cuid, p.mid, content
 
     def _status_body(self, cuid: str, mid: int | None, content: str) -> bytes | None:
-        if mid is not None:
-            entry = self.service.get(cuid, mid)
-            entries = [entry] if entry is not None else []
-        else:
-            entries = self.service.of_client(cuid)
+        entries = self.service.reported(cuid, mid)  # committed requests only
         if not entries:
             return None
         return scopes_body([self.service.status_members(e, content) for e in entries])

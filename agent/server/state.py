@@ -96,7 +96,8 @@ class ServerState:
         sessions = [await self._session(s, now) for s in list(server.sessions.sessions.values())]
         if sessions:
             node["sessions"] = {"session": sessions}
-        mitigations = [self._mitigation(e) for _k, e in sorted(server.service.entries.items())]
+        mitigations = [self._mitigation(e) for _k, e in sorted(server.service.entries.items())
+                       if e.committed]  # nothing reported before the store committed it
         if mitigations:
             node["mitigations"] = {"mitigation": mitigations}
         node["statistics"] = self._statistics()

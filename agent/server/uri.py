@@ -22,12 +22,12 @@ class Params:
 
 
 def _uint32(name: str, value: str) -> int:
-    if not value.isdigit():
-        raise UriError(f"'{name}' must be an unsigned integer, got {value!r}")
-    n = int(value)
-    if n > UINT32_MAX:
-        raise UriError(f"'{name}' {n} is out of range (uint32)")
-    return n
+    """ASCII decimal digits only (``str.isdigit`` also takes '²', '٣' or fullwidth '２３')."""
+    if not (value.isascii() and value.isdigit()):
+        raise UriError(f"'{name}' must be an unsigned integer (ASCII digits 0-9), got {value!r}")
+    if len(value.lstrip("0")) > len(str(UINT32_MAX)) or int(value) > UINT32_MAX:
+        raise UriError(f"'{name}' {value[:12]}{'...' if len(value) > 12 else ''} is out of range (uint32)")
+    return int(value)
 
 
 def parse_params(segments: tuple[str, ...], allowed: tuple[str, ...]) -> Params:

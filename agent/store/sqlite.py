@@ -15,6 +15,12 @@ transaction (each inside its own SAVEPOINT, so one failing job does not undo the
 one fsync for the batch: concurrent writers get group commit for free, a lone writer still gets
 one transaction per call.
 
+*Failures.*  A failure of the storage (disk full, I/O error, read-only or corrupted file) reaches
+the caller as :class:`~agent.store.interface.StoreError`; a record that violates a constraint
+raises its ``sqlite3.IntegrityError``.  Either way a write that raised was not committed.  A read never
+shares a transaction with writes, so it sees committed data only (a write that fails at COMMIT
+cannot have been observed).
+
 *Integrity.*  ``(cuid, mid)`` is the primary key; CHECK constraints reject impossible values
 (negative mid, lifetime 0, unknown status, negative counters).  The file carries an
 ``application_id`` and a ``schema_version`` table.  On open: a file that is not SQLite, belongs
@@ -182,6 +188,19 @@ class _Job:
     is_open: bool = False
 
 
+_CALLER_ERRORS = (sqlite3.IntegrityError, sqlite3.ProgrammingError, sqlite3.DataError, sqlite3.InterfaceError)
+
+
+def _store_error(path: Path, exc: BaseException) -> BaseException:
+    """Failures of the storage (disk full, I/O, corruption) become :class:`StoreError` with the
+    path; a caller's bad record (constraint violation) keeps its ``sqlite3`` class."""
+    if isinstance(exc, sqlite3.Error) and not isinstance(exc, _CALLER_ERRORS):
+        err = StoreError(f"{path}: {exc}")
+        err.__cause__ = exc
+        return err
+    return exc
+
+
 def _resolve(fut: asyncio.Future[Any], result: Any, exc: BaseException | None) -> None:
     if fut.done():
         return
@@ -217,6 +236,7 @@ class SqliteStore:
         self._thread: threading.Thread | None = None
         self._conn: sqlite3.Connection | None = None
         self._closing = False
+        self._carry: _Job | None = None  # a read that ended the previous batch of writes
         self.commits = 0  # number of COMMITs (group-commit statistics)
 
     # --- lifecycle ----------------------------------------------------------------------
@@ -268,7 +288,7 @@ class SqliteStore:
     def _worker(self) -> None:
         stop = False
         while not stop:
-            job = self._queue.get()
+            job, self._carry = (self._carry, None) if self._carry is not None else (self._queue.get(), None)
             if job is None:
                 break
             batch = [job]
@@ -280,11 +300,17 @@ class SqliteStore:
                 if nxt is None:
                     stop = True
                     break
+                if nxt.write != job.write:  # reads and writes never share a transaction
+                    self._carry = nxt
+                    break
                 batch.append(nxt)
             try:
                 self._run_batch(batch)
             except BaseException as e:  # noqa: BLE001 - keep the worker alive, fail the batch
-                log.exception("store %s: batch failed", self.path)
+                if isinstance(e, sqlite3.Error):  # disk full, I/O error...: one line, no traceback
+                    log.error("store %s: batch of %d failed: %s", self.path, len(batch), e)
+                else:
+                    log.exception("store %s: batch failed", self.path)
                 if self._conn is not None and self._conn.in_transaction:
                     try:
                         self._conn.execute("ROLLBACK")
@@ -327,9 +353,11 @@ class SqliteStore:
                 try:
                     res = j.fn(conn)
                 except BaseException as e:  # noqa: BLE001 - handed to the caller
+                    if not conn.in_transaction:  # SQLite rolled everything back (disk full): fail the batch
+                        raise
                     conn.execute(f"ROLLBACK TO {sp}")
                     conn.execute(f"RELEASE {sp}")
-                    results.append((None, e))
+                    results.append((None, _store_error(self.path, e)))
                 else:
                     conn.execute(f"RELEASE {sp}")
                     results.append((res, None))
@@ -337,7 +365,7 @@ class SqliteStore:
                 try:
                     results.append((j.fn(conn), None))  # type: ignore[arg-type]  # open job: conn None
                 except BaseException as e:  # noqa: BLE001
-                    results.append((None, e))
+                    results.append((None, _store_error(self.path, e)))
                 conn = self._conn  # _open_sync may have created it
         if in_txn:
             assert conn is not None
