@@ -189,3 +189,34 @@ async def test_call_home_server_is_as_strict(tmp_path: Path, transport: str) -> 
     finally:
         await cpe.stop()
         await provider.stop()
+
+
+@pytest.mark.req("SC-005")
+@pytest.mark.parametrize("transport", ["tls", "dtls"])
+async def test_call_home_client_heartbeat_endpoint_is_as_strict(tmp_path: Path, transport: str) -> None:
+    """The provider's own CoAP site (heartbeats from the CPE) refuses unknown critical options too."""
+    from agent.callhome.client import CallHomeClient
+    from agent.pki import init_pki
+    from agent.transports.credentials import Credentials
+
+    pki = tmp_path / "pki"
+    init_pki(pki, server_sans=("127.0.0.1", "localhost"))
+    provider = CallHomeClient(Credentials.from_pki_dir(pki, "server"), [("127.0.0.1", 0)], transports=(transport,))
+    await provider.start()
+    ctx = await raw_client(pki)
+    try:
+        scheme = "coaps+tcp" if transport == "tls" else "coaps"
+        uri = f"{scheme}://127.0.0.1:{provider.addresses[transport][0][1]}/.well-known/dots/hb"
+        hb = cbor2.dumps({49: {51: True}})
+
+        def heartbeat() -> Message:
+            return Message(code=coap.PUT, uri=uri, payload=hb, content_format=CF, mtype=coap.CON)
+
+        msg = heartbeat()
+        msg.opt.add_option(OpaqueOption(2049, b"\x01"))
+        resp = await send(ctx, msg)
+        assert resp.code == coap.BAD_OPTION and "2049" in one_line_diagnostic(resp)
+        assert (await send(ctx, heartbeat())).code == coap.CHANGED
+    finally:
+        await ctx.shutdown()
+        await provider.stop()
