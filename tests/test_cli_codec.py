@@ -43,3 +43,29 @@ def test_request_mode_refuses_unknown_required_keys():
     assert r.returncode == 1
     assert r.stdout == b""
     assert b"unknown comprehension-required key(s): 100" in r.stderr
+
+
+def test_uint64_strings_are_ascii_digits_only():
+    for value in ("²", "２３", "18446744073709551616"):
+        doc = {"ietf-dots-signal-channel:mitigation-scope": {"scope": [
+            {"target-prefix": ["192.0.2.0/24"], "lifetime": 3600, "mid": 5, "pkts-dropped": value}]}}
+        r = subprocess.run([*DOTS, "json2cbor"], input=json.dumps(doc).encode(), capture_output=True, timeout=60)
+        assert r.returncode == 1, (value, r.stderr)
+        assert r.stderr.decode().strip() == (f"dots json2cbor: /mitigation-scope/scope[0]/pkts-dropped: {value!r} "
+                                             "is not an unsigned 64-bit integer")
+
+
+def test_bgp_numbers_are_ascii_digits_only():
+    import pytest
+
+    from agent.mitigators.bgp import _split_api
+    from agent.mitigators.rtbh import _community_value
+
+    assert _community_value("65535:666") == (65535 << 16) | 666
+    assert _split_api("[::1]:50051") == ("::1", 50051)
+    for bad in ("６５５３５:666", "65535:６６６", "65536:1", "1:" + "9" * 5000):
+        with pytest.raises(ValueError, match="bad community"):
+            _community_value(bad)
+    for bad in ("127.0.0.1:５００５１", "127.0.0.1:0", "127.0.0.1:70000", "127.0.0.1:" + "9" * 5000):
+        with pytest.raises(ValueError, match="HOST:PORT"):
+            _split_api(bad)

@@ -204,7 +204,7 @@ def json_value_to_cbor(key: int, value: Any, path: str) -> Any:
             raise CodecError(path, f"{value!r} is not a decimal64") from None
         return d.quantize(Decimal("0.01")) if d.as_tuple().exponent > -2 else d
     if major is Major.UINT and key in UINT64_KEYS and isinstance(value, str):
-        if not value.isdigit():
+        if not (value.isascii() and value.isdigit() and len(value) <= 20 and int(value) <= UINT64_MAX):
             raise CodecError(path, f"{value!r} is not an unsigned 64-bit integer")
         return int(value)
     return value

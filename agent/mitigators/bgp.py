@@ -45,7 +45,7 @@ AFI_SAFIS = ("ipv4-unicast", "ipv6-unicast", "ipv4-flowspec", "ipv6-flowspec")
 
 def _split_api(api: str) -> tuple[str, int]:
     host, _, port = api.rpartition(":")
-    if not host or not port.isdigit():
+    if not host or not (port.isascii() and port.isdigit() and len(port) <= 5 and 0 < int(port) <= 65535):
         raise ValueError(f"speaker api must be HOST:PORT, not {api!r}")
     return host.strip("[]"), int(port)
 

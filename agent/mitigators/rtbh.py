@@ -40,7 +40,8 @@ DISCARD_V6 = "100::1"  # RFC 6666 discard-only prefix
 def _community_value(c: str) -> int:
     named = {"blackhole": BLACKHOLE, "no-export": NO_EXPORT}
     hi, _, lo = named.get(c, c).partition(":")
-    if not (hi.isdigit() and lo.isdigit() and int(hi) <= 65535 and int(lo) <= 65535):
+    if not (hi.isascii() and lo.isascii() and hi.isdigit() and lo.isdigit() and len(hi) <= 5 and len(lo) <= 5
+            and int(hi) <= 65535 and int(lo) <= 65535):
         raise ValueError(f"bad community {c!r} (need N:M)")
     return (int(hi) << 16) | int(lo)
 
