@@ -431,7 +431,8 @@ class MitigationService:
             self._plan(entry, transition.effects, work, persisted=True)
             work.seal()
         await self._finish(work)
-        log.info("DELETE %s/%s -> %s", cuid, mid, transition.state)
+        log.info("DELETE %s/%s -> 2.02 (%s)", cuid, mid, "withdrawn" if transition.state is lifecycle.GONE
+                 else f"status {int(entry.machine.status or 0)}, terminating")
 
     # -- timers, signal loss -------------------------------------------------------------
     def _arm(self, entry: Entry) -> None:
