@@ -1,4 +1,5 @@
-"""``dots pki init DIR`` and ``dots pki client DIR NAME``: development certificates."""
+"""``dots pki init DIR``, ``dots pki client DIR NAME`` and ``dots pki mgmt-client DIR NAME``:
+development certificates (DOTS CA and, apart from it, the management CA of RESTCONF)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,9 @@ def init(args: argparse.Namespace) -> int:
     print(f"server      {paths.server_cert} {paths.server_key}")
     cuid = pki.certificate_cuid(paths.client_cert)
     print(f"client      {paths.client_cert} {paths.client_key}  cuid={cuid}")
+    print(f"mgmt CA     {paths.mgmt_ca_cert}")
+    print(f"admin       {paths.admin_cert} {paths.admin_key}  "
+          f"fingerprint={pki.certificate_fingerprint(paths.admin_cert)}")
     return 0
 
 
@@ -22,10 +26,17 @@ def client(args: argparse.Namespace) -> int:
     return 0
 
 
+def mgmt_client(args: argparse.Namespace) -> int:
+    crt, key = pki.issue_mgmt_client(args.dir, args.name)
+    print(f"{args.name:<11} {crt} {key}  fingerprint={pki.certificate_fingerprint(crt)}")
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("pki", help="development PKI (ECDSA P-256)")
     psub = p.add_subparsers(dest="pki_command", required=True, metavar="ACTION")
-    q = psub.add_parser("init", help="write ca.crt, server.crt/.key, client.crt/.key into DIR")
+    q = psub.add_parser("init", help="write ca.crt, server.crt/.key, client.crt/.key and the management "
+                        "CA mgmt-ca.crt with admin.crt/.key (RESTCONF administrator) into DIR")
     q.add_argument("dir")
     q.add_argument("--san", action="append", help="server subjectAltName (repeat); default localhost, "
                    "127.0.0.1, ::1")
@@ -35,3 +46,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("dir")
     q.add_argument("name")
     q.set_defaults(handler=client)
+    q = psub.add_parser("mgmt-client", help="issue a RESTCONF client certificate NAME.crt/.key from the "
+                        "management CA (map it with /dots-agent/management/cert-to-name)")
+    q.add_argument("dir")
+    q.add_argument("name")
+    q.set_defaults(handler=mgmt_client)

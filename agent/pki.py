@@ -1,7 +1,10 @@
 """Development PKI and the client identity of RFC 9132 §4.4.1.1.
 
 ``init_pki`` writes a small CA and ECDSA P-256 server/client certificates, enough for
-mutual X.509 on loopback.  ``cuid_from_spki`` derives the 22-character cuid from a
+mutual X.509 on loopback, plus a separate *management* CA (``mgmt-ca.crt``) and the
+administrator's RESTCONF client certificate (``admin.crt``) issued by it: the management plane
+trusts only the management CA, so a DOTS client certificate never reaches RESTCONF.
+``cuid_from_spki`` derives the 22-character cuid from a
 certificate's SubjectPublicKeyInfo (SHA-256, truncated to 16 bytes, base64url, no padding).
 """
 
@@ -21,6 +24,9 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 SERVER_SANS = ("localhost", "127.0.0.1", "::1")
 VALIDITY = dt.timedelta(days=825)
+MGMT_CA_CERT = "mgmt-ca.crt"
+ADMIN_CERT = "admin.crt"
+ADMIN_CN = "admin"
 
 
 @dataclass(frozen=True)
@@ -31,12 +37,17 @@ class PkiPaths:
     server_key: Path
     client_cert: Path
     client_key: Path
+    mgmt_ca_cert: Path
+    mgmt_ca_key: Path
+    admin_cert: Path
+    admin_key: Path
 
     @classmethod
     def in_dir(cls, directory: str | Path) -> PkiPaths:
         d = Path(directory)
         return cls(d / "ca.crt", d / "ca.key", d / "server.crt", d / "server.key",
-                   d / "client.crt", d / "client.key")
+                   d / "client.crt", d / "client.key", d / MGMT_CA_CERT, d / "mgmt-ca.key",
+                   d / ADMIN_CERT, d / "admin.key")
 
 
 def cuid_from_spki(spki_der: bytes) -> str:
@@ -96,10 +107,10 @@ def issue(ca_cert: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey, cn: str
     return builder.sign(ca_key, hashes.SHA256()), key
 
 
-def _make_ca() -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+def _make_ca(cn: str = "dots-agent dev CA") -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     key = ec.generate_private_key(ec.SECP256R1())
     now = dt.datetime.now(dt.UTC)
-    name = _name("dots-agent dev CA")
+    name = _name(cn)
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + VALIDITY)
@@ -113,10 +124,10 @@ def _make_ca() -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     return cert, key
 
 
-def load_ca(directory: str | Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-    p = PkiPaths.in_dir(directory)
-    cert = x509.load_pem_x509_certificate(p.ca_cert.read_bytes())
-    key = serialization.load_pem_private_key(p.ca_key.read_bytes(), password=None)
+def load_ca(directory: str | Path, stem: str = "ca") -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    d = Path(directory)
+    cert = x509.load_pem_x509_certificate((d / f"{stem}.crt").read_bytes())
+    key = serialization.load_pem_private_key((d / f"{stem}.key").read_bytes(), password=None)
     assert isinstance(key, ec.EllipticCurvePrivateKey)
     return cert, key
 
@@ -148,6 +159,14 @@ def init_pki(directory: str | Path, server_sans: tuple[str, ...] = SERVER_SANS,
         write_pair(d, "server", *issue(ca_cert, ca_key, server_sans[0], server_sans, server=True))
     if force or not paths.client_cert.exists():
         write_pair(d, "client", *issue(ca_cert, ca_key, "dots-client", ("dots-client",), server=False))
+    if paths.mgmt_ca_cert.exists() and paths.mgmt_ca_key.exists() and not force:
+        mgmt_cert, mgmt_key = load_ca(d, "mgmt-ca")
+    else:
+        mgmt_cert, mgmt_key = _make_ca("dots-agent management CA")
+        write_pair(d, "mgmt-ca", mgmt_cert, mgmt_key)
+        force = True  # a new management CA needs a new administrator certificate
+    if force or not paths.admin_cert.exists():
+        write_pair(d, "admin", *issue(mgmt_cert, mgmt_key, ADMIN_CN, (), server=False))
     return paths
 
 
@@ -158,11 +177,24 @@ def issue_client(directory: str | Path, stem: str, cn: str | None = None) -> tup
     return write_pair(directory, stem, cert, key)
 
 
+def issue_mgmt_client(directory: str | Path, stem: str, cn: str | None = None) -> tuple[Path, Path]:
+    """Issue a management (RESTCONF) client certificate from the management CA in *directory*."""
+    ca_cert, ca_key = load_ca(directory, "mgmt-ca")
+    cert, key = issue(ca_cert, ca_key, cn or stem, (), server=False)
+    return write_pair(directory, stem, cert, key)
+
+
 def issue_server(directory: str | Path, stem: str, sans: tuple[str, ...]) -> tuple[Path, Path]:
     """Issue one more server certificate (e.g. for a second server or a Call Home peer)."""
     ca_cert, ca_key = load_ca(directory)
     cert, key = issue(ca_cert, ca_key, sans[0], sans, server=True)
     return write_pair(directory, stem, cert, key)
+
+
+def certificate_fingerprint(path: str | Path) -> str:
+    """``sha-256:..`` fingerprint of the PEM certificate at *path* (for ``cert-to-name``)."""
+    der = x509.load_pem_x509_certificate(Path(path).read_bytes()).public_bytes(serialization.Encoding.DER)
+    return "sha-256:" + ":".join(f"{b:02x}" for b in hashlib.sha256(der).digest())
 
 
 def certificate_cuid(path: str | Path) -> str:

@@ -5,11 +5,18 @@ Users come from the settings (a password file of ``name:crypt-hash`` lines, expl
 :class:`User` objects) and, live, from ``/dots-agent/management/user`` in running (RFC 7317
 ``crypt-hash``: ``$0$clear`` or a crypt(3) hash; ``ssh-public-key`` entries).  The SSH host
 key is an Ed25519 key generated on first start and kept (mode 0600) in the given file.
+
+Identities are NACM user names (RFC 8341): a NETCONF user is its SSH login name as it is; a
+RESTCONF client certificate is mapped by :func:`certificate_user` through
+``/dots-agent/management/cert-to-name`` (entries by ascending ``id``, first match wins; a
+``fingerprint`` is ``sha-256:`` and the colon-separated SHA-256 of the DER end-entity
+certificate, a ``subject`` the RFC 4514 string compared exactly).  No match: no user.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import hmac
 import os
 import warnings
@@ -19,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import paramiko
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
@@ -81,11 +89,13 @@ class UserDB:
     """Static users plus (optionally) the users configured in running."""
 
     def __init__(self, users: list[User] | None = None, password_file: Path | None = None,
-                 running: Callable[[], dict[str, Any]] | None = None) -> None:
+                 running: Callable[[], dict[str, Any]] | None = None,
+                 on_failure: Callable[[str], None] | None = None) -> None:
         self.static = list(users or [])
         if password_file is not None:
             self.static += load_password_file(password_file)
         self.running = running
+        self.on_failure = on_failure  # told about every wrong password (authentication-failures)
 
     def lookup(self, name: str) -> list[User]:
         found = [u for u in self.static if u.name == name]
@@ -94,10 +104,44 @@ class UserDB:
         return found
 
     def check_password(self, name: str, password: str) -> bool:
-        return any(u.password_hash and check_password(u.password_hash, password) for u in self.lookup(name))
+        ok = any(u.password_hash and check_password(u.password_hash, password) for u in self.lookup(name))
+        if not ok and self.on_failure is not None:
+            self.on_failure(name)
+        return ok
 
     def check_key(self, name: str, key: paramiko.PKey) -> bool:
         return any(k == key for u in self.lookup(name) for k in u.public_keys)
+
+
+def certificate_fingerprint(der: bytes) -> str:
+    """``sha-256:ab:cd:..`` of a DER certificate (the form of ``cert-to-name/fingerprint``)."""
+    return "sha-256:" + ":".join(f"{b:02x}" for b in hashlib.sha256(der).digest())
+
+
+def certificate_subject(der: bytes) -> str:
+    """The subject of a DER certificate as an RFC 4514 string (e.g. ``CN=admin,O=Example``)."""
+    return x509.load_der_x509_certificate(der).subject.rfc4514_string()
+
+
+def certificate_user(running: dict[str, Any], der: bytes) -> str | None:
+    """NACM user name of a client certificate per ``cert-to-name`` in *running*, or None."""
+    entries = running.get("dots-agent:dots-agent", {}).get("management", {}).get("cert-to-name", [])
+    fingerprint: str | None = None
+    subject: str | None = None
+    for entry in sorted(entries, key=lambda e: int(e["id"])):
+        if "fingerprint" in entry:
+            fingerprint = fingerprint or certificate_fingerprint(der)
+            if entry["fingerprint"].lower() == fingerprint:
+                return str(entry["name"])
+        elif "subject" in entry:
+            if subject is None:
+                try:
+                    subject = certificate_subject(der)
+                except ValueError:
+                    subject = ""
+            if entry["subject"] == subject:
+                return str(entry["name"])
+    return None
 
 
 def load_or_create_host_key(path: Path) -> paramiko.PKey:

@@ -12,6 +12,11 @@ raises, running is restored, the subscribers that already accepted are given the
 back, and the operation fails with ``operation-failed``.  All of this runs on one asyncio loop
 (protocol threads hop onto it), and ``_running_lock`` serialises changes of running.
 
+Every write (edit-config, copy-config, delete-config, commit, RESTCONF) first passes the
+:class:`WriteGuard` when one is set (NACM, :mod:`mgmt.access`): it sees the current and the
+validated new tree, may refuse (nothing is applied), and is told once the change is in place
+(the audit log).
+
 Locks are per datastore and owned by a session id; :meth:`Datastores.session_closed` releases
 them, discards an uncommitted locked candidate and rolls back a confirmed commit the session
 issued without ``persist`` (RFC 6241 Section 8.4).
@@ -26,7 +31,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from lxml import etree
 
@@ -39,6 +44,17 @@ from mgmt.yangctx import YangContext
 log = logging.getLogger(__name__)
 
 DATASTORES = ("running", "candidate", "startup")
+
+
+class WriteGuard(Protocol):
+    """Authorises a change of a datastore and hears about it once applied."""
+
+    def check(self, session_id: int, target: str, old: ConfigTree, new: ConfigTree) -> Any:
+        """Raise MgmtError to refuse; the result is handed to :meth:`applied`."""
+        ...
+
+    def applied(self, session_id: int, target: str, token: Any) -> None:
+        ...
 
 
 @dataclass
@@ -62,6 +78,7 @@ class Datastores:
         self._candidate: ConfigTree | None = None
         self._confirmed: _Confirmed | None = None
         self._running_lock = asyncio.Lock()
+        self.guard: WriteGuard | None = None
         if self.startup_file is not None and self.startup_file.exists():
             self.startup = ConfigTree.parse(yc, self.startup_file.read_text(), "json")
         elif initial:
@@ -114,10 +131,7 @@ class Datastores:
         except BaseException:
             work.free()
             raise
-        if test_only:
-            work.free()
-            return
-        await self._install(target, work)
+        await self._guarded_install(session_id, target, work, test_only)
 
     async def replace(self, session_id: int, target: str, new: ConfigTree) -> None:
         """Replace *target* by a copy of *new* (copy-config); validated first."""
@@ -128,7 +142,35 @@ class Datastores:
         except BaseException:
             work.free()
             raise
+        await self._guarded_install(session_id, target, work)
+
+    async def _guarded_install(self, session_id: int, target: str, work: ConfigTree,
+                               test_only: bool = False) -> None:
+        token = None
+        if self.guard is not None:
+            try:
+                token = self.guard.check(session_id, target, self.tree(target), work)
+            except BaseException:
+                work.free()
+                raise
+        if test_only:
+            work.free()
+            return
         await self._install(target, work)
+        if self.guard is not None:
+            self.guard.applied(session_id, target, token)
+
+    def seed_running(self, add: Callable[[JsonTree], bool]) -> None:
+        """Let *add* complete the running configuration (JSON) before any session; validated."""
+        doc = self.running.to_dict()
+        if not add(doc):
+            return
+        import json
+
+        new = ConfigTree.parse(self.yc, json.dumps(doc), "json")
+        self.running.free()
+        self.running = new
+        self.running_snapshot = new.to_dict()
 
     async def _install(self, target: str, work: ConfigTree) -> None:
         if target == "running":

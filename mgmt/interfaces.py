@@ -49,7 +49,11 @@ class RpcHandler(Protocol):
 
 @dataclass
 class SessionInfo:
-    """A management session (NETCONF over SSH or one RESTCONF request's client)."""
+    """A management session (NETCONF over SSH or one RESTCONF request's client).
+
+    ``username`` is the NACM user (RFC 8341): the SSH login name, or the ``cert-to-name`` result
+    of a RESTCONF client certificate (empty when the certificate maps to no user).
+    """
 
     session_id: int
     username: str

@@ -9,6 +9,15 @@ copy of running with the provider's state and with ietf-netconf-monitoring / iet
 data produced here, then filters.  :meth:`notify` validates an event against the module
 (``lyd_parse_op`` as a YANG notification) and hands it to every subscribed session.
 
+Access control is NACM (RFC 8341, :mod:`mgmt.access`): ``ietf-netconf-acm`` is implemented in
+the context, ``/nacm`` lives in running, and when running has none the *administrators* given
+here (the bootstrap users) get :func:`mgmt.nacm.default_nacm` (only they may write; see
+docs/nacm.md for a read-only operator group).  Reads given a session are filtered, writes go
+through the datastore's guard, notifications are filtered per session.  RESTCONF client
+certificates become NACM users through ``/dots-agent/management/cert-to-name``
+(:meth:`certificate_user`); *admin_certificates* (SHA-256 fingerprints) are mapped to the first
+administrator when running has no ``cert-to-name`` entry at all.
+
 Typical embedding::
 
     mgmt = Management(startup_file=Path("/var/lib/dots/startup.json"), initial_config=cfg)
@@ -29,7 +38,7 @@ import datetime as dt
 import itertools
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, TypeVar
@@ -38,11 +47,15 @@ import libyang
 from _libyang import ffi, lib
 from lxml import etree
 
+from mgmt.access import AccessControl
+from mgmt.auth import certificate_user
 from mgmt.datastore import Datastores
 from mgmt.errors import MgmtError, from_libyang
 from mgmt.filters import SubtreeFilter, list_keys_of, xpath_select
 from mgmt.interfaces import ConfigSubscriber, JsonTree, RpcHandler, SessionInfo, StateProvider
+from mgmt.limits import statistics_state
 from mgmt.monitoring import monitoring_state
+from mgmt.nacm import NACM_MODULE, NACM_TOP, default_nacm
 from mgmt.tree import ConfigTree
 from mgmt.yangctx import AGENT_MODULE, YangContext
 
@@ -61,10 +74,15 @@ class Management:
     def __init__(self, startup_file: Path | None = None, initial_config: JsonTree | None = None,
                  state_provider: StateProvider | None = None,
                  subscribers: tuple[ConfigSubscriber, ...] = (),
-                 search_path: list[Path] | None = None) -> None:
+                 search_path: list[Path] | None = None, administrators: Sequence[str] = (),
+                 admin_certificates: Sequence[str] = ()) -> None:
         self.yc = YangContext(search_path)
+        self.yc.ctx.load_module(NACM_MODULE)  # implemented: /nacm is configuration
         self.ds = Datastores(self.yc, startup_file, initial_config)
         self.ds.subscribers.extend(subscribers)
+        self.access = AccessControl(self, administrators)
+        self.ds.guard = self.access
+        self.ds.seed_running(lambda doc: _seed(doc, tuple(administrators), tuple(admin_certificates)))
         self.state_provider = state_provider
         self.rpc_handlers: dict[str, RpcHandler] = {}
         self.sessions: dict[int, SessionInfo] = {}
@@ -131,25 +149,31 @@ class Management:
             raise MgmtError("operation-failed", f"agent state is invalid: {exc.message}",
                             path=exc.path) from exc
 
-    async def get_tree(self, source: str = "running", with_state: bool = False) -> ConfigTree:
-        """A copy of *source*, plus state and monitoring data when *with_state*."""
+    async def get_tree(self, source: str = "running", with_state: bool = False,
+                       session: SessionInfo | None = None) -> ConfigTree:
+        """A copy of *source*, plus state and monitoring data when *with_state*; what the NACM
+        user of *session* may not read is removed (no session: everything)."""
         tree = self.ds.tree(source).copy()
         if with_state:
             state = await self.state_tree()
             tree.merge_from(state)
             state.free()
-            mon = ConfigTree.parse(self.yc, json.dumps(monitoring_state(self)), "json",
+            mon = ConfigTree.parse(self.yc, json.dumps({**monitoring_state(self), **statistics_state(self),
+                                                        **self.access.state()}), "json",
                                    validate=False, state=True)
             tree.merge_from(mon)
             mon.free()
             ylib = self.yc.yang_library()
             tree.merge_from(ConfigTree(self.yc, ylib.cdata))
             ylib.free()
+        if session is not None:
+            self.access.filter(session, tree)
         return tree
 
-    async def get_xml(self, source: str, with_state: bool, flt: etree._Element | None) -> list[etree._Element]:
-        """get / get-config result as XML elements (children of ``<data>``)."""
-        tree = await self.get_tree(source, with_state)
+    async def get_xml(self, source: str, with_state: bool, flt: etree._Element | None,
+                      session: SessionInfo | None = None) -> list[etree._Element]:
+        """get / get-config result as XML elements (children of ``<data>``), NACM-filtered."""
+        tree = await self.get_tree(source, with_state, session)
         try:
             if flt is not None and flt.get("type") == "xpath":
                 select = flt.get("select")
@@ -214,12 +238,16 @@ class Management:
             raise from_libyang(self.yc.errors(), str(exc)) from exc
         try:
             body = notif.print_mem("xml", with_siblings=True)
+            module, name = notif.module().name(), notif.name()
         finally:
             notif.free()
         message = ('<notification xmlns="urn:ietf:params:xml:ns:netconf:notification:1.0">'
                    f"<eventTime>{now_iso()}</eventTime>{body}</notification>")
         sent = 0
         for sid, sink in list(self.notification_sinks.items()):
+            info = self.sessions.get(sid)
+            if info is not None and not self.access.notification_allowed(info, module, name):
+                continue
             try:
                 sink(message)
                 sent += 1
@@ -229,6 +257,11 @@ class Management:
                 log.exception("dropping notification sink of session %s", sid)
                 self.notification_sinks.pop(sid, None)
         return sent
+
+    # ------------------------------------------------------------ identities
+    def certificate_user(self, der: bytes | None) -> str | None:
+        """NACM user name of a RESTCONF client certificate (``cert-to-name``), or None."""
+        return certificate_user(self.ds.running_snapshot, der) if der else None
 
     # ------------------------------------------------------------ servers
     async def start_netconf(self, settings: Any) -> Any:
@@ -254,6 +287,22 @@ class Management:
             await server.stop()
         self.servers.clear()
         self.ds.close()
+
+
+def _seed(doc: JsonTree, administrators: tuple[str, ...], admin_certificates: tuple[str, ...]) -> bool:
+    """Add the default ``/nacm`` and the administrators' ``cert-to-name`` when running has none."""
+    changed = False
+    if administrators and NACM_TOP not in doc:
+        doc.update(default_nacm(administrators))
+        log.info("running has no /nacm: installed the default (only %s may write)", ", ".join(administrators))
+        changed = True
+    if administrators and admin_certificates:
+        mgmt = doc.setdefault(f"{AGENT_MODULE}:{AGENT_MODULE}", {}).setdefault("management", {})
+        if not mgmt.get("cert-to-name"):
+            mgmt["cert-to-name"] = [{"id": i, "fingerprint": fp, "name": administrators[0]}
+                                    for i, fp in enumerate(admin_certificates, start=1)]
+            changed = True
+    return changed
 
 
 def _output_xml(yc: YangContext, rpc_name: str, output: JsonTree) -> str:

@@ -7,6 +7,10 @@ and the RPCs of ``dots-agent`` through the registered handlers), checks that eve
 element is known, and renders :class:`mgmt.errors.MgmtError` as ``<rpc-error>`` with
 ``error-path`` (module names declared as XML prefixes).  The transport never sees an
 exception: whatever happens, a reply carrying the request's attributes goes back.
+
+NACM (RFC 8341): every operation is checked for ``exec`` access of the session's user before
+anything else happens (``close-session`` is always permitted); ``get`` / ``get-config`` results
+are filtered by read access and writes by the datastore's guard (:mod:`mgmt.access`).
 """
 
 from __future__ import annotations
@@ -46,6 +50,8 @@ _PARAMS = {
     "kill-session": {"session-id"},
 }
 _MODULE_PREFIX = re.compile(r"([A-Za-z_][\w.-]*):")
+_OP_MODULES = {NC_NS: "ietf-netconf", MON_NS: "ietf-netconf-monitoring", NOTIF_NS: "notifications",
+               AGENT_NS: "dots-agent"}
 
 
 @dataclass
@@ -121,6 +127,9 @@ class NetconfOps:
                             "an rpc carries exactly one operation", type="rpc")
         op = ops[0]
         q = etree.QName(op)
+        module = _OP_MODULES.get(q.namespace or "") or self.mgmt.yc.module_for_ns(q.namespace or "")
+        if module is not None:
+            self.mgmt.access.check_exec(session, module, q.localname)
         if q.namespace == NC_NS:
             return await self._base(session, rpc, op, q.localname)
         if q.namespace == MON_NS and q.localname == "get-schema":
@@ -187,7 +196,7 @@ class NetconfOps:
         ok = self.reply(rpc, "<ok/>")
         if name in ("get", "get-config"):
             source = self._datastore(p.get("source"), "source", name) if name == "get-config" else "running"
-            elems = await self.mgmt.get_xml(source, name == "get", p.get("filter"))
+            elems = await self.mgmt.get_xml(source, name == "get", p.get("filter"), session)
             body = "".join(etree.tostring(e, encoding="unicode") for e in elems)
             return Outcome(self.reply(rpc, f"<data>{body}</data>"))
         if name == "edit-config":

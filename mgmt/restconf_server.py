@@ -1,10 +1,16 @@
 """RESTCONF (RFC 8040) over HTTPS with client certificates, on the same datastores.
 
 Theory of operation: a small HTTP/1.1 server on ``asyncio.start_server`` with an
-``ssl.SSLContext`` that requires a client certificate (the certificate's CN becomes the
-session's user name).  Resources map to libyang data paths (``client=a`` ->
-``client[name='a']``).  Writes go to ``running`` through :meth:`Datastores.change`, so they are
-validated, reach the :class:`ConfigSubscriber` s and roll back exactly like NETCONF edits:
+``ssl.SSLContext`` that requires a client certificate from the *management* trust anchor.  The
+certificate becomes a NACM user name only through ``/dots-agent/management/cert-to-name``
+(:meth:`Management.certificate_user`); one that maps to no user may read the discovery
+resources (host-meta, ``/restconf``, yang-library-version) and gets ``401`` with an
+``ietf-restconf:errors`` body (``access-denied``) for everything else, counted in
+``authentication-failures``.  Reads are NACM-filtered, writes NACM-checked (``403``).
+
+Resources map to libyang data paths (``client=a`` -> ``client[name='a']``).  Writes go to
+``running`` through :meth:`Datastores.change`, so they are validated, reach the
+:class:`ConfigSubscriber` s and roll back exactly like NETCONF edits:
 
 * ``PATCH`` (plain merge): body parsed under a skeleton of the target's ancestors, merged;
 * ``PUT``: target deleted (if present) then body merged; on ``/restconf/data`` the whole
@@ -30,6 +36,7 @@ from _libyang import ffi, lib
 
 from mgmt.errors import MgmtError, from_libyang
 from mgmt.interfaces import SessionInfo
+from mgmt.limits import stats_for
 from mgmt.manager import Management
 from mgmt.tree import ConfigTree
 
@@ -57,14 +64,14 @@ class _Response:
     content_type: str = YANG_JSON
 
 
-def _errors(err: MgmtError) -> _Response:
+def _errors(err: MgmtError, status: int | None = None) -> _Response:
     entry: dict[str, Any] = {"error-type": err.type, "error-tag": err.tag, "error-message": err.message}
     if err.path:
         entry["error-path"] = err.path
     if err.app_tag:
         entry["error-app-tag"] = err.app_tag
     doc = {"ietf-restconf:errors": {"error": [entry]}}
-    return _Response(err.http_status, json.dumps(doc).encode())
+    return _Response(status or err.http_status, json.dumps(doc).encode())
 
 
 class RestconfServer:
@@ -77,8 +84,12 @@ class RestconfServer:
         self.keys = {k: sorted(v) for k, v in mgmt.list_keys.items()}
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._client, self.settings.host, self.settings.port,
-                                                  ssl=self.settings.ssl_context)
+        # Plain TCP: mgmt.limits admits each connection (max-sessions, per address) before TLS
+        # starts on it within handshake-timeout, and gives the handler time-limited reads.
+        from mgmt.limits import restconf_admission
+
+        connected = restconf_admission(self.mgmt, self.settings.ssl_context, self._client)
+        self._server = await asyncio.start_server(connected, self.settings.host, self.settings.port)
 
     @property
     def port(self) -> int:
@@ -94,9 +105,8 @@ class RestconfServer:
     # ------------------------------------------------------------ HTTP
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername") or ("", 0)
-        cert = writer.get_extra_info("peercert") or {}
-        cn = next((v for rdn in cert.get("subject", ()) for k, v in rdn if k == "commonName"), "?")
-        info = self.mgmt.open_session(cn, "restconf", str(peer[0]))
+        user = self._identify(writer, peer)
+        info = self.mgmt.open_session(user or "", "restconf", str(peer[0]))
         try:
             while True:
                 line = await reader.readline()
@@ -133,8 +143,20 @@ class RestconfServer:
             await self.mgmt.close_session(info.session_id)
             writer.close()
 
+    def _identify(self, writer: asyncio.StreamWriter, peer: Any) -> str | None:
+        """NACM user of the client certificate (cert-to-name), or None (counted, logged)."""
+        ssl_object = writer.get_extra_info("ssl_object")
+        der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+        user = self.mgmt.certificate_user(der)
+        if user is None:
+            stats_for(self.mgmt).count("authentication_failures")
+            log.warning("RESTCONF: the client certificate from %s maps to no user: add it to "
+                        "/dots-agent/management/cert-to-name to grant access", peer[0])
+        return user
+
     async def _send(self, writer: asyncio.StreamWriter, resp: _Response, close: bool) -> None:
-        reason = {200: "OK", 201: "Created", 204: "No Content"}.get(resp.status, "Error")
+        reason = {200: "OK", 201: "Created", 204: "No Content", 401: "Unauthorized",
+                  403: "Forbidden"}.get(resp.status, "Error")
         head = [f"HTTP/1.1 {resp.status} {reason}", f"Content-Length: {len(resp.body)}"]
         if resp.body:
             head.append(f"Content-Type: {resp.content_type}")
@@ -159,9 +181,12 @@ class RestconfServer:
             doc = {"ietf-restconf:yang-library-version": YANG_LIBRARY_VERSION}
             return _Response(200, json.dumps(doc).encode())
         if path == "/restconf/data" or path.startswith("/restconf/data/"):
+            if not info.username:
+                return _errors(MgmtError("access-denied", "the client certificate maps to no user",
+                                         type="protocol"), status=401)
             data_path = self.to_data_path(path[len("/restconf/data"):])
             if method in ("GET", "HEAD"):
-                return await self._get(data_path, query.get("content", ["all"])[0])
+                return await self._get(info, data_path, query.get("content", ["all"])[0])
             if method in ("PUT", "PATCH", "POST") and \
                     headers.get("content-type", YANG_JSON).split(";")[0].strip() not in (YANG_JSON,
                                                                                       "application/json"):
@@ -189,8 +214,8 @@ class RestconfServer:
                 out += "".join(f"[{k}='{v}']" for k, v in zip(key_names, values, strict=True))
         return out
 
-    async def _get(self, data_path: str, content: str) -> _Response:
-        tree = await self.mgmt.get_tree("running", with_state=content != "config")
+    async def _get(self, info: SessionInfo, data_path: str, content: str) -> _Response:
+        tree = await self.mgmt.get_tree("running", with_state=content != "config", session=info)
         try:
             if not data_path:
                 return _Response(200, tree.to_json().encode())

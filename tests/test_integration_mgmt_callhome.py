@@ -97,7 +97,7 @@ def mitigate(prov: Proc, source: str, target: str = TARGET) -> dict[str, Any]:
     res = subprocess.run([*DOTS, "call-home", "client", "--control", str(prov.control),
                           "mitigate", "--source-prefix", source, "--target-prefix", target, "--lifetime", "600"],
                          capture_output=True, text=True, timeout=90, env=ENV)
-    assert res.returncode == 0, res.stdout + res.stderr
+    assert res.returncode in (0, 1) and res.stdout.strip(), res.stdout + res.stderr  # 1: the peer refused
     answer: dict[str, Any] = json.loads(res.stdout)
     return answer
 

@@ -13,6 +13,7 @@ import ssl
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -48,10 +49,10 @@ def _closed_server(tmp_path: Path, restconf: bool = False) -> ServerProcess:
 
 
 def _restconf_get(server: ServerProcess, path: str) -> dict:
-    """RESTCONF GET with the client certificate of the test PKI."""
+    """RESTCONF GET with the administrator certificate of the test PKI (management CA)."""
     pki = server.pki
     ctx = ssl.create_default_context(cafile=str(pki / "ca.crt"))
-    ctx.load_cert_chain(pki / "client.crt", pki / "client.key")
+    ctx.load_cert_chain(pki / "admin.crt", pki / "admin.key")
     port = server.addresses["restconf"][0][1]
     req = urllib.request.Request(f"https://localhost:{port}/restconf/data/{path}",
                                  headers={"Accept": "application/yang-data+json"})
@@ -187,7 +188,7 @@ def test_get_state_validates_with_yanglint(tmp_path: Path):
             res = subprocess.run([_yanglint(), *search, "-t", kind, str(MODULE), str(data)],
                                  capture_output=True, text=True, timeout=120)
             assert res.returncode == 0 and not res.stderr.strip(), (kind, res.stderr, data.read_text()[:3000])
-        # The same state over RESTCONF (HTTPS, client certificate from the --pki CA).
+        # The same state over RESTCONF (HTTPS, the administrator certificate of the management CA).
         doc = _restconf_get(server, "dots-agent:dots-agent/server/mitigations")
         scopes = [m["scope"] for m in doc["dots-agent:mitigations"]["mitigation"]]
         assert [s["status"] for s in scopes] == ["attack-mitigation-in-progress"]
@@ -243,5 +244,54 @@ def test_startup_datastore_wins_over_config_after_restart(tmp_path: Path):
         assert sorted(names) == ["me", "other-customer"]
         code, out = dots_client(server, "mitigate", "--target-prefix", "198.51.100.9/32", state=tmp_path / "st.json")
         assert code == 0 and out["code"] == "2.01", out
+    finally:
+        stop_all(server)
+
+
+def _restconf_write(server: ServerProcess, method: str, path: str, body: dict, stem: str) -> int:
+    """RESTCONF write with certificate STEM.crt of the test PKI; the HTTP status (0: TLS refused)."""
+    pki = server.pki
+    ctx = ssl.create_default_context(cafile=str(pki / "ca.crt"))
+    ctx.load_cert_chain(pki / f"{stem}.crt", pki / f"{stem}.key")
+    port = server.addresses["restconf"][0][1]
+    req = urllib.request.Request(f"https://localhost:{port}/restconf/data/{path}", method=method,
+                                 data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/yang-data+json"})
+    try:
+        with urllib.request.urlopen(req, context=ctx, timeout=20) as resp:
+            return resp.status
+    except urllib.error.HTTPError as e:
+        return e.code
+    except (urllib.error.URLError, ssl.SSLError, ConnectionError):
+        return 0
+
+
+def test_dots_client_certificate_cannot_reconfigure_over_restconf(tmp_path: Path):
+    """Issue 10 probe: a customer's DOTS client certificate widened its own prefix over RESTCONF
+    (204, then 2.01 outside its prefix), another set allow-unlisted false.  Both must be refused."""
+    from agent.pki import issue_client
+
+    server = _closed_server(tmp_path, restconf=True)
+    try:
+        issue_client(server.pki, "client2", "dots-client-2")
+        with connect(netconf_port(server.addresses)) as m:
+            m.edit_config(target="running", config=_client_xml("me", server.client_cuid, "198.51.100.0/24"))
+            before = m.get_config("running").data_xml
+        clients = "dots-agent:dots-agent/server/clients"
+        widen = {"dots-agent:client": [{"name": "me", "protected-prefix": ["0.0.0.0/0"]}]}
+        assert _restconf_write(server, "PATCH", clients + "/client=me", widen, "client") in (0, 401, 403)
+        mine = {"dots-agent:client": [{"name": "mine", "cuid": "minemineminemineminemi"}]}
+        assert _restconf_write(server, "POST", clients, mine, "client2") in (0, 401, 403)
+        lock = {"dots-agent:clients": {"allow-unlisted": False}}
+        assert _restconf_write(server, "PATCH", clients, lock, "client2") in (0, 401, 403)
+        with connect(netconf_port(server.addresses)) as m:
+            assert m.get_config("running").data_xml == before
+        code, out = dots_client(server, "mitigate", "--target-prefix", "192.0.2.0/24", state=tmp_path / "st.json")
+        assert code == 1 and out["error"]["code"] == "4.00", out
+        # the administrator certificate made by `dots pki init` is accepted
+        admin = {"dots-agent:client": [{"name": "me", "protected-prefix": ["198.51.100.0/25"]}]}
+        assert _restconf_write(server, "PATCH", clients + "/client=me", admin, "admin") == 204
+        log_text = server.log.read_text()
+        assert "dots.mgmt.audit" in log_text and "restconf" in log_text
     finally:
         stop_all(server)

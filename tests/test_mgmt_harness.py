@@ -34,7 +34,8 @@ class Harness:
         self.thread.start()
         self.mgmt: Management = self.run(lambda: _make(startup, initial, mgmt_kwargs))
         self.settings = NetconfSettings(host_key_file=tmp / "ssh_host_key",
-                                        users=UserDB([User(USER, hash_password(PASSWORD))]),
+                                        users=UserDB([User(USER, hash_password(PASSWORD))],
+                                                     running=self.mgmt.running_dict),
                                         host="127.0.0.1", port=0, max_rpc_size=max_rpc_size)
         self.netconf = self.run(lambda: self.mgmt.start_netconf(self.settings))
         self.port: int = self.netconf.port
@@ -62,6 +63,7 @@ class Harness:
 
 
 async def _make(startup: Path | None, initial: dict | None, kw: dict[str, Any]) -> Management:
+    kw.setdefault("administrators", (USER,))  # the bootstrap user, as agent.mgmt_embed does
     return Management(startup_file=startup, initial_config=initial, **kw)
 
 

@@ -416,7 +416,8 @@ def test_get_config_export_validates_with_yanglint(harness: Harness, tmp_path: P
     for d in yang.search_path():
         args += ["-p", str(d)]
     module = yang.MODULE_DIR / "dots-agent@2026-11-21.yang"
-    res = subprocess.run([*args, "-F", "dots-agent:*", "-t", "config", str(module), str(out)],
+    nacm = next(d / "ietf-netconf-acm.yang" for d in yang.search_path() if (d / "ietf-netconf-acm.yang").exists())
+    res = subprocess.run([*args, "-F", "dots-agent:*", "-t", "config", str(module), str(nacm), str(out)],
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
 

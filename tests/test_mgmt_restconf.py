@@ -1,4 +1,8 @@
-"""RESTCONF (RFC 8040) over real TLS with a client certificate, on the shared datastores."""
+"""RESTCONF (RFC 8040) over real TLS with a client certificate, on the shared datastores.
+
+Client certificates come from the management CA of ``dots pki init`` (``mgmt-ca.crt``); the
+administrator's ``admin.crt`` is mapped to the administrator through ``cert-to-name``.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.pki import init_pki
+from agent.pki import certificate_fingerprint, init_pki
 from mgmt.restconf_server import RestconfSettings
 from tests.test_mgmt_harness import Harness, server_example
 from tests.test_mgmt_netconf import Refuser
@@ -18,18 +22,33 @@ from tests.test_mgmt_netconf import Refuser
 CLIENTS = "/restconf/data/dots-agent:dots-agent/server/clients"
 
 
-@pytest.fixture
-def rc(tmp_path: Path):
+def _serve(tmp_path: Path, client_ca: str, cert: Path, key: Path):
+    """Harness + RESTCONF trusting *client_ca*; the administrator certificate is mapped to USER."""
     pki = init_pki(tmp_path / "pki")
-    h = Harness(tmp_path, initial=server_example())
-    sctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(pki.ca_cert))
+    h = Harness(tmp_path, initial=server_example(), admin_certificates=(certificate_fingerprint(pki.admin_cert),))
+    sctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(getattr(pki, client_ca)))
     sctx.load_cert_chain(pki.server_cert, pki.server_key)
     sctx.verify_mode = ssl.CERT_REQUIRED
     server = h.run(lambda: h.mgmt.start_restconf(RestconfSettings(ssl_context=sctx, port=0)))
     cctx = ssl.create_default_context(cafile=str(pki.ca_cert))
-    cctx.load_cert_chain(pki.client_cert, pki.client_key)
-    yield h, f"https://localhost:{server.port}", cctx, pki
-    h.close()
+    cctx.load_cert_chain(getattr(pki, cert), getattr(pki, key))
+    return h, f"https://localhost:{server.port}", cctx, pki
+
+
+@pytest.fixture
+def rc(tmp_path: Path):
+    """RESTCONF as shipped: management CA, the administrator's certificate."""
+    served = _serve(tmp_path, "mgmt_ca_cert", "admin_cert", "admin_key")
+    yield served
+    served[0].close()
+
+
+@pytest.fixture
+def dots_ca_rc(tmp_path: Path):
+    """A misconfigured RESTCONF that trusts the DOTS client CA, used with the DOTS client certificate."""
+    served = _serve(tmp_path, "ca_cert", "client_cert", "client_key")
+    yield served
+    served[0].close()
 
 
 def _req(base: str, ctx: ssl.SSLContext, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
@@ -87,8 +106,34 @@ def test_subscriber_refusal_is_an_error(rc):
     assert body["ietf-restconf:errors"]["error"][0]["error-tag"] == "operation-failed"
 
 
+def test_dots_client_certificate_refused_by_the_management_ca(rc):
+    _, base, _, pki = rc
+    dots_client = ssl.create_default_context(cafile=str(pki.ca_cert))
+    dots_client.load_cert_chain(pki.client_cert, pki.client_key)
+    with pytest.raises((ssl.SSLError, urllib.error.URLError, ConnectionError)):
+        _req(base, dots_client, "GET", "/restconf/data/dots-agent:dots-agent")
+
+
 def test_client_certificate_required(rc):
     _, base, _, pki = rc
     anonymous = ssl.create_default_context(cafile=str(pki.ca_cert))
     with pytest.raises((ssl.SSLError, urllib.error.URLError, ConnectionError)):
         _req(base, anonymous, "GET", "/restconf/yang-library-version")
+
+
+def test_dots_client_certificate_gets_no_access(dots_ca_rc):
+    """Issue 10 probe: a certificate that maps to no NACM user (here: the DOTS client certificate of
+    a server that, misconfigured, trusts the DOTS CA) must not change anything: 401, counted."""
+    h, base, ctx, _ = dots_ca_rc
+    before = h.mgmt.running_dict()
+    widen = {"dots-agent:client": [{"name": "customer-a", "protected-prefix": ["0.0.0.0/0"]}]}
+    status, body = _req(base, ctx, "PATCH", CLIENTS + "/client=customer-a", widen)
+    assert status == 401, (status, body)
+    assert body["ietf-restconf:errors"]["error"][0]["error-tag"] == "access-denied"
+    status, _ = _req(base, ctx, "PATCH", CLIENTS, {"dots-agent:clients": {"allow-unlisted": False}})
+    assert status == 401
+    assert _req(base, ctx, "GET", CLIENTS)[0] == 401
+    assert h.mgmt.running_dict() == before
+    from mgmt.limits import stats_for
+
+    assert stats_for(h.mgmt).authentication_failures >= 1
