@@ -6,7 +6,10 @@ Embedding: create :class:`mgmt.manager.Management` on the agent's loop, wire the
 context, error records), ``tree`` (one data tree), ``edit`` (edit-config semantics),
 ``filters`` (subtree/XPath), ``datastore`` (running/candidate/startup, locks, commit),
 ``monitoring`` (capabilities, netconf-state), ``netconf_ops`` (RPC dispatch),
-``netconf_server`` (SSH transport), ``restconf_server`` (HTTPS), ``auth`` (users, host key).
+``netconf_server`` (SSH transport), ``restconf_server`` (HTTPS), ``auth`` (users, host key,
+certificate-to-name), ``nacm`` (RFC 8341 rules, pure), ``nacm_data`` (the libyang side: diffs,
+default-deny extensions, read filtering), ``access`` (the one enforcement point both protocols
+call, with the audit log), ``limits`` (session caps and handshake timeouts of the listeners).
 """
 
 from mgmt.auth import User, UserDB, hash_password
