@@ -2,8 +2,8 @@
 
 Theory of operation
 -------------------
-An :class:`AlertServer` is a small asyncio HTTP/1.1 endpoint (optionally HTTPS, optionally with
-a bearer token) in front of a :class:`~agent.client.DotsClient`.  A DDoS detector, an
+An :class:`AlertServer` is a small asyncio HTTP/1.1 endpoint (optionally HTTPS, always with a
+bearer token: it refuses to start without one) in front of a :class:`~agent.client.DotsClient`.  A DDoS detector, an
 application or Prometheus Alertmanager POSTs alerts to it; the :class:`AlertBridge` turns a
 *firing* alert into :meth:`DotsClient.mitigate` and a *resolved* one into
 :meth:`DotsClient.withdraw`.  The alert identifier -> mid mapping is persisted (JSON file,
@@ -11,7 +11,16 @@ atomically replaced) so a resolve that arrives after a restart still withdraws t
 request.  A firing alert already mapped is sent again with the same mid (a lifetime renewal,
 idempotent at the server): Alertmanager repeats firing notifications every ``repeat_interval``.
 
-Endpoints (``POST``, ``Content-Type: application/json``, body <= 1 MiB):
+Each alert is a party of its own (:mod:`agent.client.parties`, kind "alert source", name the
+alert id): it can renew and withdraw only the request it made, and a firing alert whose targets
+overlap a live request of another party (a portal user, another alert, another process with
+the same client certificate) is refused (409) instead of replacing it (RFC 9132 §4.4.1).
+
+Requests are read within :class:`~agent.http_front.HttpLimits` (body 64 KiB, headers 8 KiB,
+64 header lines, 15 s to send a request, 64 connections, JSON depth 32 by default); anything
+malformed gets a 4xx with a one-line ``error`` and the endpoint keeps serving.
+
+Endpoints (``POST``, ``Content-Type: application/json``):
 
 * ``/alert``: the native format, one alert object or a list of them::
 
@@ -39,9 +48,28 @@ Endpoints (``POST``, ``Content-Type: application/json``, body <= 1 MiB):
   An alert with none of the target labels is ignored (reported as such), so one Alertmanager
   receiver can be shared with alerts that are not DDoS-related.
 
+Lifetimes (``lifetime``, ``dots_lifetime``) are -1 (indefinite) or 1..4294967295 seconds
+(RFC 9132 §4.4.1, the ``mitigation-lifetime`` type of the dots-agent YANG module).
+
+Alertmanager sends the token with the receiver's ``http_config`` (Alertmanager >= 0.22)::
+
+    receivers:
+      - name: dots
+        webhook_configs:
+          - url: https://127.0.0.1:9646/alertmanager
+            send_resolved: true
+            http_config:
+              authorization:
+                type: Bearer
+                credentials_file: /etc/alertmanager/dots-alert-token
+              tls_config:
+                ca_file: /etc/alertmanager/dots-ca.crt
+
 Answers: 200 with ``{"results": [...]}`` (one entry per alert: ``id``, ``action``
 (``mitigate``/``withdraw``/``ignored``), ``mid``, ``code`` or ``error``); 400 for malformed input;
-401 without the right ``Authorization: Bearer <token>``; 503 when the DOTS server could not be
+401 without the right ``Authorization: Bearer <token>`` (compared in constant time); 409 when an
+alert was refused because it would replace another party's mitigation; 411/413/431/408 for
+framing beyond the limits; 503 when the DOTS server could not be
 reached for some alert (Alertmanager then retries the whole notification, which is safe: both
 operations are idempotent).
 """
@@ -58,16 +86,30 @@ import logging
 import os
 import re
 import ssl
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from agent.client import DotsClient, DotsConnectionError, DotsError
+from agent.client.parties import Party, PartyConflict, PartyGate
+from agent.http_front import (
+    ConnectionCap,
+    HttpError,
+    HttpLimits,
+    HttpRequest,
+    Refusals,
+    error_response,
+    linger_close,
+    parse_json,
+    read_request,
+    start_server,
+)
 
 log = logging.getLogger("dots.alerts")
 
 PROTOCOLS = {"icmp": 1, "tcp": 6, "udp": 17, "dccp": 33, "icmpv6": 58, "ipv6-icmp": 58, "sctp": 132}
-MAX_BODY = 1 << 20
+LIFETIME_MAX = 2**32 - 1
+TOKEN_ENV = "DOTS_ALERT_TOKEN"
 LABELS = {"prefix": ("dots_target", "target_prefix"), "port": ("dots_port", "target_port"),
           "protocol": ("dots_protocol", "target_protocol"), "fqdn": ("dots_fqdn", "target_fqdn"),
           "lifetime": ("dots_lifetime",)}
@@ -77,19 +119,39 @@ class AlertError(ValueError):
     """A malformed alert (answered 400)."""
 
 
-def _items(v: Any) -> list[str]:
+def _items(v: Any, what: str = "value") -> list[str]:
     if v is None:
         return []
     if isinstance(v, str):
         return [x for x in re.split(r"[,\s]+", v) if x]
-    if isinstance(v, int | float):
-        return [str(int(v))]
+    if isinstance(v, bool) or not isinstance(v, int | float | list | tuple):
+        raise AlertError(f"{what}: expected a string, a number or a list, not {type(v).__name__}")
+    if isinstance(v, float):
+        if not v.is_integer():
+            raise AlertError(f"{what}: expected a whole number, not {v!r}")
+        v = int(v)
+    if isinstance(v, int):
+        return [str(v)]
     return [str(x).strip() for x in v if str(x).strip()]
+
+
+def parse_lifetime(v: Any) -> int | None:
+    """A request lifetime: -1 (indefinite) or 1..4294967295 s (RFC 9132 §4.4.1); None when absent."""
+    if v is None or v == "":
+        return None
+    text = str(v).strip() if isinstance(v, str) else v
+    if isinstance(text, bool) or not (isinstance(text, int) or (isinstance(text, str)
+                                                               and re.fullmatch(r"-?[0-9]{1,10}", text))):
+        raise AlertError(f"lifetime must be -1 or 1..{LIFETIME_MAX} seconds, not {str(v)[:40]!r}")
+    n = int(text)
+    if n != -1 and not 1 <= n <= LIFETIME_MAX:
+        raise AlertError(f"lifetime must be -1 or 1..{LIFETIME_MAX} seconds, not {str(v)[:40]!r}")
+    return n
 
 
 def parse_prefixes(v: Any) -> list[str]:
     out = []
-    for item in _items(v):
+    for item in _items(v, "target prefix"):
         try:
             out.append(str(ipaddress.ip_network(item, strict=False)))
         except ValueError as exc:
@@ -99,8 +161,8 @@ def parse_prefixes(v: Any) -> list[str]:
 
 def parse_ports(v: Any) -> list[int | tuple[int, int]]:
     out: list[int | tuple[int, int]] = []
-    for item in _items(v):
-        m = re.fullmatch(r"(\d+)(?:-(\d+))?", item)
+    for item in _items(v, "target port"):
+        m = re.fullmatch(r"([0-9]{1,5})(?:-([0-9]{1,5}))?", item)
         if not m:
             raise AlertError(f"bad port {item!r}")
         lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
@@ -112,8 +174,8 @@ def parse_ports(v: Any) -> list[int | tuple[int, int]]:
 
 def parse_protocols(v: Any) -> list[int]:
     out = []
-    for item in _items(v):
-        p = PROTOCOLS.get(item.lower(), int(item) if item.isdigit() else -1)
+    for item in _items(v, "target protocol"):
+        p = PROTOCOLS.get(item.lower(), int(item) if re.fullmatch("[0-9]{1,3}", item) else -1)
         if not 0 <= p <= 255:
             raise AlertError(f"bad protocol {item!r}")
         out.append(p)
@@ -147,15 +209,18 @@ class Alert:
         status = str(d.get("status", "firing"))
         if status not in ("firing", "resolved"):
             raise AlertError(f"status must be firing or resolved, not {status!r}")
-        lifetime = d.get("lifetime")
         return cls(str(d.get("id") or ""), status == "firing", parse_prefixes(d.get("target-prefix")),
                    parse_ports(d.get("target-port")), parse_protocols(d.get("target-protocol")),
-                   _items(d.get("target-fqdn")), int(lifetime) if lifetime is not None else None)
+                   _items(d.get("target-fqdn"), "target fqdn"), parse_lifetime(d.get("lifetime")))
 
     @classmethod
     def from_alertmanager(cls, a: Mapping[str, Any], group_status: str = "firing") -> Alert:
+        if not isinstance(a, Mapping):
+            raise AlertError("every entry of 'alerts' must be a JSON object")
         labels = a.get("labels") or {}
         ann = a.get("annotations") or {}
+        if not isinstance(labels, Mapping) or not isinstance(ann, Mapping):
+            raise AlertError("an alert's labels and annotations must be JSON objects")
 
         def get(what: str) -> Any:
             for name in LABELS[what]:
@@ -166,28 +231,53 @@ class Alert:
 
         fp = a.get("fingerprint") or hashlib.sha256(json.dumps(labels, sort_keys=True).encode()).hexdigest()[:16]
         status = str(a.get("status") or group_status)
-        lifetime = get("lifetime")
-        return cls(f"am:{fp}", status == "firing", parse_prefixes(get("prefix")), parse_ports(get("port")),
-                   parse_protocols(get("protocol")), _items(get("fqdn")),
-                   int(lifetime) if lifetime is not None else None)
+        return cls(f"am:{str(fp)[:128]}", status == "firing", parse_prefixes(get("prefix")),
+                   parse_ports(get("port")), parse_protocols(get("protocol")), _items(get("fqdn"), "target fqdn"),
+                   parse_lifetime(get("lifetime")))
+
+
+GateSource = DotsClient | PartyGate | Callable[[], Awaitable[PartyGate]]
 
 
 class AlertBridge:
-    """Alerts -> mitigation requests of one :class:`DotsClient`; ids -> mids in ``state_path``."""
+    """Alerts -> mitigation requests of one :class:`DotsClient`; ids -> mids in ``state_path``.
 
-    def __init__(self, client: DotsClient, state_path: str | Path | None = None, *,
+    ``client``: the DotsClient, a :class:`PartyGate` on it (to share one with other front-ends
+    of the process), or an async callable returning the gate (the client agent connects lazily).
+    """
+
+    KIND = "alert source"
+
+    def __init__(self, client: GateSource, state_path: str | Path | None = None, *,
                  default_lifetime: int = 3600) -> None:
-        self.client = client
+        self._source = client
+        self._gate: PartyGate | None = None
+        if isinstance(client, DotsClient):
+            self._gate = PartyGate(client)
+        elif isinstance(client, PartyGate):
+            self._gate = client
         self.state_path = Path(state_path) if state_path else None
         self.default_lifetime = default_lifetime
         self.mids: dict[str, int] = {}
         self._lock = asyncio.Lock()
         if self.state_path and self.state_path.exists():
             self.mids = {str(k): int(v) for k, v in json.loads(self.state_path.read_text()).get("alerts", {}).items()}
+        if self._gate is not None and self.mids:  # owners of mids made before the book existed
+            self._gate.book.adopt(self._gate.cuid, {m: Party(self.KIND, a) for a, m in self.mids.items()})
+
+    @property
+    def client(self) -> DotsClient:
+        return self._gate.client if self._gate is not None else self._source  # type: ignore[return-value]
+
+    async def gate(self) -> PartyGate:
+        if self._gate is None:
+            self._gate = await self._source()  # type: ignore[operator]
+        return self._gate
 
     def _save(self) -> None:
         if not self.state_path:
             return
+        self.state_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.state_path.with_suffix(".tmp")
         tmp.write_text(json.dumps({"alerts": self.mids}, indent=1, sort_keys=True))
         os.replace(tmp, self.state_path)
@@ -196,12 +286,16 @@ class AlertBridge:
         """Act on one alert; raises DotsConnectionError when the server is unreachable."""
         async with self._lock:
             mid = self.mids.get(alert.id)
+            party = Party(self.KIND, alert.id)
             if alert.firing:
                 if not alert.has_target:
                     return {"id": alert.id, "action": "ignored", "reason": "no target labels"}
+                gate = await self.gate()
                 try:
-                    res = await self.client.mitigate(alert.prefixes, alert.ports, alert.protocols, alert.fqdns,
-                                                     lifetime=alert.lifetime or self.default_lifetime, mid=mid)
+                    res = await gate.mitigate(party, alert.prefixes, alert.ports, alert.protocols, alert.fqdns,
+                                              lifetime=alert.lifetime or self.default_lifetime, mid=mid)
+                except PartyConflict as exc:
+                    return {"id": alert.id, "action": "mitigate", "conflict": True, "error": str(exc)}
                 except DotsError as exc:
                     log.warning("alert %s: mitigation refused: %s %s", alert.id, exc.code, exc.diagnostic)
                     return {"id": alert.id, "action": "mitigate", "error": exc.code, "diagnostic": exc.diagnostic}
@@ -212,7 +306,13 @@ class AlertBridge:
                         "lifetime": res.lifetime}
             if mid is None:
                 return {"id": alert.id, "action": "ignored", "reason": "unknown alert"}
-            code = await self.client.withdraw(mid)
+            gate = await self.gate()
+            try:
+                code = await gate.withdraw(party, mid)
+            except PartyConflict as exc:  # the mid was taken over; this alert owns nothing any more
+                del self.mids[alert.id]
+                self._save()
+                return {"id": alert.id, "action": "withdraw", "conflict": True, "error": str(exc)}
             del self.mids[alert.id]
             self._save()
             log.info("alert %s resolved -> withdrew mid %d (%s)", alert.id, mid, code)
@@ -220,38 +320,69 @@ class AlertBridge:
 
 
 def alerts_of(path: str, body: Any) -> list[Alert]:
-    """The alerts of a request body posted to ``path``."""
+    """The alerts of a request body posted to ``path`` ("/alertmanager" or "/alert")."""
     if path == "/alertmanager":
         if not isinstance(body, Mapping) or not isinstance(body.get("alerts"), list):
             raise AlertError("an Alertmanager notification needs an 'alerts' list")
         if str(body.get("version", "4")) != "4":
-            raise AlertError(f"unsupported Alertmanager webhook version {body.get('version')!r}")
+            raise AlertError(f"unsupported Alertmanager webhook version {str(body.get('version'))[:20]!r}")
         return [Alert.from_alertmanager(a, str(body.get("status", "firing"))) for a in body["alerts"]]
     if path == "/alert":
         return [Alert.from_native(a) for a in (body if isinstance(body, list) else [body])]
     raise LookupError(path)
 
 
+def read_token(token_file: str | Path | None, environ: Mapping[str, str] | None = None) -> str:
+    """The bearer token from *token_file* (first line) or ``$DOTS_ALERT_TOKEN``; ValueError (one
+    line naming what to fix) when there is none."""
+    if token_file:
+        try:
+            lines = Path(token_file).read_text().splitlines()
+        except OSError as exc:
+            raise ValueError(f"cannot read the alert token file {token_file}: {exc.strerror}") from None
+        token = lines[0].strip() if lines else ""
+        if not token:
+            raise ValueError(f"the alert token file {token_file} is empty")
+        return token
+    token = (os.environ if environ is None else environ).get(TOKEN_ENV, "").strip()
+    if not token:
+        raise ValueError(f"the alert endpoint needs a bearer token: give --token-file FILE or set {TOKEN_ENV}")
+    return token
+
+
 class AlertServer:
     """HTTP(S) endpoint feeding an :class:`AlertBridge` (see the module docstring).
 
-    ``token``: required bearer token (None: no authentication, for loopback set-ups only);
-    ``ssl_context``: serve HTTPS.
+    ``token``: the bearer token alerts must carry (required: ValueError without one);
+    ``ssl_context``: serve HTTPS; ``limits``: request size/time/connection bounds;
+    ``path``: where native alerts are posted (Alertmanager: ``path`` + "manager" for the
+    default "/alert", else ``path`` + "/alertmanager").
     """
 
     def __init__(self, bridge: AlertBridge, host: str = "127.0.0.1", port: int = 0, *, token: str | None = None,
-                 ssl_context: ssl.SSLContext | None = None) -> None:
+                 ssl_context: ssl.SSLContext | None = None, limits: HttpLimits | None = None,
+                 path: str = "/alert") -> None:
+        if not token:
+            raise ValueError("the alert endpoint needs a bearer token (anyone on the host could otherwise create, "
+                             "replace and withdraw mitigations)")
         self.bridge = bridge
         self.host = host
         self.port = port
         self.token = token
         self.ssl_context = ssl_context
+        self.limits = limits or HttpLimits()
+        base = path.rstrip("/") or "/alert"
+        self.paths = {base: "/alert", (base + "manager" if base == "/alert" else base + "/alertmanager"):
+                      "/alertmanager"}
+        self.refusals = Refusals("alert endpoint")
+        self._cap = ConnectionCap(self.limits.max_connections)
         self._server: asyncio.base_events.Server | None = None
 
     async def start(self) -> AlertServer:
-        self._server = await asyncio.start_server(self._conn, self.host, self.port, ssl=self.ssl_context)
+        self._server = await start_server(self._conn, self.host, self.port, self.limits, ssl=self.ssl_context)
         self.port = self._server.sockets[0].getsockname()[1]
-        log.info("alert endpoint on %s:%d", self.host, self.port)
+        log.info("alert endpoint on %s:%d (%s, bearer token required)", self.host, self.port,
+                 "https" if self.ssl_context else "http")
         return self
 
     async def close(self) -> None:
@@ -266,67 +397,79 @@ class AlertServer:
         await self.close()
 
     def _authorised(self, headers: Mapping[str, str]) -> bool:
-        if self.token is None:
-            return True
         got = headers.get("authorization", "")
-        return hmac.compare_digest(got.encode(), f"Bearer {self.token}".encode())
+        return hmac.compare_digest(got.encode("latin-1", "replace"), f"Bearer {self.token}".encode())
 
     async def _conn(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        if not self._cap.enter():
+            self.refusals.count(503, "too many connections", peer)
+            writer.write(error_response(503, b'{"error": "too many connections"}', extra="Retry-After: 1\r\n"))
+            await linger_close(reader, writer, seconds=0.2)
+            return
         try:
-            status, answer = await asyncio.wait_for(self._request(reader), 120)
-        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
+            await self._serve(reader, writer, peer)
+        finally:
+            self._cap.leave()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: Any) -> None:
+        try:
+            req = await read_request(reader, self.limits)
+            if req is None:
+                writer.close()
+                return
+            status, answer = await self._handle(req, peer)
+        except HttpError as exc:
+            self.refusals.count(exc.status, exc.reason, peer)
+            writer.write(error_response(exc.status, json.dumps({"error": exc.reason}).encode()))
+            await linger_close(reader, writer)
+            return
+        except (ConnectionError, ssl.SSLError):
             writer.close()
             return
-        body = json.dumps(answer).encode()
-        reason = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 405: "Method Not Allowed",
-                  413: "Payload Too Large", 503: "Service Unavailable"}.get(status, "Error")
         extra = 'WWW-Authenticate: Bearer realm="dots-alerts"\r\n' if status == 401 else ""
-        writer.write(f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
-                     f"{extra}Connection: close\r\n\r\n".encode() + body)
-        with contextlib.suppress(ConnectionError):
+        writer.write(error_response(status, json.dumps(answer).encode(), extra=extra))
+        with contextlib.suppress(ConnectionError, ssl.SSLError):
             await writer.drain()
         writer.close()
 
-    async def _request(self, reader: asyncio.StreamReader) -> tuple[int, Any]:
-        head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
-        lines = head.split("\r\n")
-        parts = lines[0].split()
-        if len(parts) != 3:
-            return 400, {"error": "bad request line"}
-        method, target = parts[0], parts[1].split("?", 1)[0]
-        headers = {k.strip().lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:] if ln)}
-        length = int(headers.get("content-length", "0") or 0)
-        if length > MAX_BODY:
-            return 413, {"error": "body too large"}
-        raw = await reader.readexactly(length) if length else b""
-        if target not in ("/alert", "/alertmanager"):
+    async def _handle(self, req: HttpRequest, peer: Any) -> tuple[int, Any]:
+        kind = self.paths.get(req.path)
+        if kind is None:
             return 404, {"error": "not found"}
-        if method != "POST":
+        if req.method != "POST":
             return 405, {"error": "POST only"}
-        if not self._authorised(headers):
-            return 401, {"error": "missing or wrong bearer token"}
+        if not self._authorised(req.headers):
+            self.refusals.count(401, "missing or wrong bearer token", peer)
+            return 401, {"error": "missing or wrong bearer token (Authorization: Bearer <token>)"}
         try:
-            alerts = alerts_of(target, json.loads(raw or b"null"))
-        except (AlertError, ValueError, TypeError) as exc:
-            return 400, {"error": str(exc)}
+            alerts = alerts_of(kind, parse_json(req.body or b"null", self.limits.max_json_depth))
+        except (AlertError, ValueError, TypeError, OverflowError, RecursionError) as exc:
+            self.refusals.count(400, str(exc), peer)
+            return 400, {"error": str(exc).splitlines()[0] if str(exc) else type(exc).__name__}
         results: list[dict[str, Any]] = []
         status = 200
         for alert in alerts:
             try:
-                results.append(await self.bridge.handle(alert))
+                result = await self.bridge.handle(alert)
             except (TimeoutError, DotsConnectionError, OSError) as exc:
                 status = 503
                 results.append({"id": alert.id, "error": f"DOTS server unreachable: {exc}"})
+                continue
+            if result.pop("conflict", False) and status == 200:
+                status = 409
+            results.append(result)
         return status, {"results": results}
 
 
-def serve_alerts(client: DotsClient, state_path: str | Path | None, host: str, port: int, *,
+def serve_alerts(client: GateSource, state_path: str | Path | None, host: str, port: int, *,
                  token: str | None = None, ssl_context: ssl.SSLContext | None = None,
-                 default_lifetime: int = 3600) -> AlertServer:
+                 default_lifetime: int = 3600, limits: HttpLimits | None = None,
+                 path: str = "/alert") -> AlertServer:
     """Convenience: an (unstarted) AlertServer with its bridge."""
     return AlertServer(AlertBridge(client, state_path, default_lifetime=default_lifetime), host, port,
-                       token=token, ssl_context=ssl_context)
+                       token=token, ssl_context=ssl_context, limits=limits, path=path)
 
 
-__all__ = ["Alert", "AlertBridge", "AlertError", "AlertServer", "alerts_of", "parse_ports", "parse_prefixes",
-           "parse_protocols", "serve_alerts"]
+__all__ = ["Alert", "AlertBridge", "AlertError", "AlertServer", "alerts_of", "parse_lifetime", "parse_ports",
+           "parse_prefixes", "parse_protocols", "read_token", "serve_alerts"]

@@ -105,19 +105,18 @@ async def test_alertmanager_fire_then_resolve(client: DotsClient, server: Server
 
 
 async def test_native_alert_format(client: DotsClient, tmp_path: Path) -> None:
-    async with AlertServer(AlertBridge(client, tmp_path / "s.json"),
-                           token=None) as endpoint:
+    async with AlertServer(AlertBridge(client, tmp_path / "s.json"), token=TOKEN) as endpoint:
         body = {"id": "det-1/flood-42", "target-prefix": ["198.51.100.7"], "target-port": ["53"],
                 "target-protocol": ["udp"], "lifetime": 300}
-        code, answer = await post(endpoint.port, "/alert", body, token=None)
+        code, answer = await post(endpoint.port, "/alert", body)
         assert code == 200 and answer["results"][0]["code"] == "2.01"
         mid = answer["results"][0]["mid"]
         code, answer = await post(endpoint.port, "/alert", [{"id": "det-1/flood-42", "status": "resolved"},
-                                                             {"id": "never-seen", "status": "resolved"}], token=None)
+                                                             {"id": "never-seen", "status": "resolved"}])
         assert [r["action"] for r in answer["results"]] == ["withdraw", "ignored"]
         assert answer["results"][0]["mid"] == mid
-        assert (await post(endpoint.port, "/alert", {"id": "x", "target-prefix": ["nonsense"]}, token=None))[0] == 400
-        assert (await post(endpoint.port, "/nope", {}, token=None))[0] == 404
+        assert (await post(endpoint.port, "/alert", {"id": "x", "target-prefix": ["nonsense"]}))[0] == 400
+        assert (await post(endpoint.port, "/nope", {}))[0] == 404
 
 
 def test_parsing() -> None:

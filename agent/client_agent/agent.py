@@ -20,6 +20,14 @@ The agent is a :class:`mgmt.ConfigSubscriber` and a :class:`mgmt.StateProvider` 
 * **Answers.**  After a successful PUT the slot ``watch``es its mid (Observe); every status
   the server reports (status, lifetime, counters, conflict) is kept and shown, with the mid
   and the last response code, in the entry's ``state`` node of ``<get>``.
+* **Parties.**  Each entry is a party of its server's DOTS client (kind "configured request",
+  :mod:`agent.client.parties`); so is each alert of the ``alert-endpoint`` (kind "alert
+  source", signalled to the first configured server).  A request overlapping another party's
+  live request -- or one of another process using the same client certificate -- is not sent
+  (it would replace it, RFC 9132 §4.4.1): the entry keeps the reason in the log and retries
+  when it changes.  The alert endpoint is not started without a token (``token``/``token-file``;
+  the configuration is refused) and reads its limits from ``max-body-size``, ``max-header-size``
+  and ``max-connections``.
 * **Commit is not blocked by the network**: ``apply`` only records the new desired state and
   wakes the slots, so a NETCONF commit returns at once; the outcome shows up in ``<get>``.
 """
@@ -36,12 +44,15 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from agent.alerts import AlertBridge, AlertServer
 from agent.client import DotsClient, DotsConnectionError, DotsError
+from agent.client.parties import Party, PartyConflict, PartyGate
 from agent.client.results import MitigationResult
+from agent.http_front import HttpLimits
 from agent.server.sessions import config_members
 from agent.server.state import heartbeat_state, scope_state
 
-from .config import ROOT, ClientConfig, RequestSpec, ServerSpec, parse
+from .config import ROOT, AlertEndpointSpec, ClientConfig, RequestSpec, ServerSpec, parse
 
 log = logging.getLogger("dots.client.agent")
 
@@ -66,6 +77,7 @@ class ServerLink:
         self.state_dir = state_dir
         self._factory = client_factory
         self.client: DotsClient | None = None
+        self.gate: PartyGate | None = None
         self._lock = asyncio.Lock()
         self.connected_at: float | None = None
         self.closed = False
@@ -82,10 +94,16 @@ class ServerLink:
                                        self.spec.transport, state=self.spec.state_file(self.state_dir))
                 await client.connect()
                 self.client = client
+                self.gate = PartyGate(client)
                 self.connected_at = time.time()
                 log.info("session with %s (%s:%s, %s) established", self.spec.name, self.spec.addresses[0],
                          self.spec.port, client.transport)
             return self.client
+
+    async def party_gate(self) -> PartyGate:
+        await self.ready()
+        assert self.gate is not None
+        return self.gate
 
     async def close(self) -> None:
         self.closed = True
@@ -113,6 +131,7 @@ class RequestSlot:
         self.wake = asyncio.Event()
         self._watch: asyncio.Task[None] | None = None
         self._renew: asyncio.TimerHandle | None = None
+        self.party = Party("configured request", name)
         self.task = asyncio.get_running_loop().create_task(self._run(), name=f"mitigation-request {name}")
 
     # -- driving ------------------------------------------------------------------------
@@ -137,6 +156,9 @@ class RequestSlot:
             except DotsError as exc:
                 self._record(exc.code, exc.diagnostic)
                 log.warning("mitigation-request %s: %s", self.name, exc)
+            except PartyConflict as exc:  # not retried until the entry changes
+                self.diagnostic = str(exc)
+                log.warning("mitigation-request %s: not sent: %s", self.name, exc)
             except DotsConnectionError as exc:
                 self.diagnostic = str(exc)
                 delay = self.agent.config.reconnect_interval
@@ -173,19 +195,20 @@ class RequestSlot:
         if have is not None and want == have and not self.renew_due:
             return
         client = await link.ready()
+        gate = await link.party_gate()
         self.agent.requests_sent += 1
         if have is not None and self.mid is not None and want.same_request(have):
             self.renew_due = False
-            result = await client.refresh(self.mid, want.lifetime)
+            result = await gate.refresh(self.party, self.mid, want.lifetime)
         else:
             old = self.mid if have is not None else None
-            result = await client.mitigate(**want.mitigate_kwargs())
+            result = await gate.mitigate(self.party, **want.mitigate_kwargs())
             self._stop_watch()
             self.mid = result.mid
             if old is not None and old != result.mid:
                 self.agent.requests_sent += 1
-                with contextlib.suppress(DotsError):
-                    self.agent.count_response(await client.withdraw(old))
+                with contextlib.suppress(DotsError, PartyConflict):
+                    self.agent.count_response(await gate.withdraw(self.party, old))
         self.applied, self.link = want, link
         self._accepted(result, client)
 
@@ -219,9 +242,9 @@ class RequestSlot:
             self._renew.cancel()
             self._renew = None
         if link is not None and mid is not None and not link.closed:
-            client = await link.ready()
+            gate = await link.party_gate()
             self.agent.requests_sent += 1
-            code = await client.withdraw(mid)
+            code = await gate.withdraw(self.party, mid)
             self._record(code)
             log.info("mitigation-request %s: mid %s withdrawn (%s)", self.name, mid, code)
         self.applied = None
@@ -301,6 +324,8 @@ class ClientAgent:
         self._closing: set[asyncio.Task[None]] = set()
         self._connecting: set[str] = set()
         self.on_status_change: Callable[[dict[str, Any]], Awaitable[None]] | None = None
+        self.alerts: AlertServer | None = None
+        self._alerts_spec: AlertEndpointSpec | None = None
 
     # -- ConfigSubscriber -------------------------------------------------------------
     async def apply(self, new_running: dict[str, Any], old: dict[str, Any]) -> None:
@@ -327,12 +352,41 @@ class ClientAgent:
             slot.want(spec)
         for slot in self.slots.values():  # e.g. its server changed, or the agent was disabled
             slot.poke()
+        want_alerts = config.alert_endpoint if config.enabled and config.servers else None
+        if want_alerts != self._alerts_spec:
+            self._alerts_spec = want_alerts
+            self._spawn(self._restart_alerts(want_alerts))
         if config.enabled:  # hold a session to every configured server
             for name in config.servers:
                 link = self.link(name)
                 if link is not None and link.client is None and name not in self._connecting:
                     self._connecting.add(name)
                     self._spawn(self._keep_connected(link))
+
+    async def _restart_alerts(self, spec: AlertEndpointSpec | None) -> None:
+        """(Re)start the alert endpoint for *spec* (None: stop it); alerts go to the first server."""
+        if self.alerts is not None:
+            old, self.alerts = self.alerts, None
+            await old.close()
+        if spec is None or spec is not self._alerts_spec:
+            return
+
+        async def gate() -> PartyGate:
+            name = next(iter(self.config.servers), None)
+            link = self.link(name) if name is not None else None
+            if link is None:
+                raise DotsConnectionError("no DOTS server configured for the alert endpoint")
+            return await link.party_gate()
+
+        limits = HttpLimits(max_body=spec.max_body, max_header=spec.max_header, max_connections=spec.max_connections)
+        server = AlertServer(AlertBridge(gate, self.state_dir / "alerts.json", default_lifetime=spec.default_lifetime),
+                             spec.address, spec.port, token=spec.token, limits=limits, path=spec.path)
+        try:
+            await server.start()
+        except OSError as exc:
+            log.error("alert endpoint on %s:%s not started: %s", spec.address, spec.port, exc.strerror)
+            return
+        self.alerts = server
 
     async def _keep_connected(self, link: ServerLink) -> None:
         """Connect *link* now (retrying every reconnect-interval) instead of on first need."""
@@ -426,6 +480,10 @@ class ClientAgent:
         return out
 
     async def close(self) -> None:
+        self._alerts_spec = None
+        if self.alerts is not None:
+            await self.alerts.close()
+            self.alerts = None
         for slot in list(self.slots.values()):
             await slot.close()
         for link in list(self.links.values()):

@@ -77,11 +77,29 @@ class RequestSpec:
 
 
 @dataclass(frozen=True)
+class AlertEndpointSpec:
+    """``client/alert-endpoint``: the token is required (read from ``token-file`` at parse time)."""
+
+    token: str
+    address: str = "127.0.0.1"
+    port: int = 8080
+    path: str = "/alerts"
+    max_body: int = 65536
+    max_header: int = 8192
+    max_connections: int = 64
+    default_lifetime: int = rfc9132.DEFAULT_LIFETIME
+
+    def __repr__(self) -> str:  # never log the token
+        return f"AlertEndpointSpec({self.address}:{self.port}{self.path})"
+
+
+@dataclass(frozen=True)
 class ClientConfig:
     enabled: bool = False
     servers: dict[str, ServerSpec] = field(default_factory=dict)
     requests: dict[str, RequestSpec] = field(default_factory=dict)
     reconnect_interval: int = 300
+    alert_endpoint: AlertEndpointSpec | None = None
 
     def server_for(self, request: RequestSpec) -> ServerSpec | None:
         """The request's server, or the first configured one."""
@@ -109,7 +127,32 @@ def parse(tree: dict[str, Any] | None) -> ClientConfig:
             cert=cred["certificate-file"], key=cred["private-key-file"], cafile=cred["ca-file"])
     requests = {r["name"]: _request(r) for r in client.get("mitigation-request", [])}
     return ClientConfig(enabled=bool(client.get("enabled", True)), servers=servers, requests=requests,
-                        reconnect_interval=int(client.get("reconnect-interval", 300)))
+                        reconnect_interval=int(client.get("reconnect-interval", 300)),
+                        alert_endpoint=_alert_endpoint(client.get("alert-endpoint")))
+
+
+def _alert_endpoint(node: dict[str, Any] | None) -> AlertEndpointSpec | None:
+    """The alert endpoint, or None; ValueError (one line) without a usable token."""
+    if node is None:
+        return None
+    token = str(node.get("token") or "").strip()
+    if not token and node.get("token-file"):
+        path = Path(node["token-file"])
+        try:
+            lines = path.read_text().splitlines()
+        except OSError as exc:
+            raise ValueError(f"client/alert-endpoint/token-file {path}: {exc.strerror}") from None
+        token = lines[0].strip() if lines else ""
+        if not token:
+            raise ValueError(f"client/alert-endpoint/token-file {path} is empty")
+    if not token:
+        raise ValueError("client/alert-endpoint needs a bearer token: set 'token' or 'token-file' "
+                         "(without one anyone on the host could create and withdraw mitigations)")
+    return AlertEndpointSpec(
+        token=token, address=str(node.get("address", "127.0.0.1")), port=int(node.get("port", 8080)),
+        path=str(node.get("path", "/alerts")), max_body=int(node.get("max-body-size", 65536)),
+        max_header=int(node.get("max-header-size", 8192)), max_connections=int(node.get("max-connections", 64)),
+        default_lifetime=int(node.get("default-lifetime", rfc9132.DEFAULT_LIFETIME)))
 
 
 def _request(r: dict[str, Any]) -> RequestSpec:

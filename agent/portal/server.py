@@ -12,8 +12,21 @@ step, no CDN: the page, CSS and JavaScript come from ``agent/portal/static``).
 mitigation only for targets inside their ``prefixes`` and sees and acts on only the requests they
 made (mid -> owner, persisted in ``state_dir/portal.json`` with the DOTS client's state file).
 
-*Sessions.*  ``POST /login`` checks the scrypt hash (a failed login costs 0.5 s) and sets a
-random session cookie (``HttpOnly; Secure; SameSite=Strict``; 8 h).  Every state-changing API
+*Parties.*  Every user is a party of the portal's DOTS client (:mod:`agent.client.parties`):
+a request overlapping a live request of another party (another user, an alert, another process
+with the same client certificate) is refused with 409 and a message naming it, rather than
+replacing it through RFC 9132's same-client rule; withdrawals and efficacy updates are checked
+against the durable owner record as well.
+
+*Transport.*  HTTPS only, unless constructed with ``plain_http=True`` (``--plain-http``: then a
+WARNING at start).  Requests are read within :class:`~agent.http_front.HttpLimits`; a malformed
+one gets a 4xx with a one-line reason and the portal keeps serving.
+
+*Sessions.*  ``POST /login`` is throttled per user name and per source address
+(:mod:`agent.portal.throttle`: 429 with Retry-After once locked out), checks the scrypt hash on a
+small bounded thread pool (:mod:`agent.portal.hashing`: 503 when saturated), checks unknown
+user names against a dummy hash of the same cost, and sets a random session cookie
+(``HttpOnly; Secure; SameSite=Strict``; 8 h).  Every state-changing API
 call also needs the session's CSRF token in ``X-CSRF-Token`` (the page carries it in a meta tag).
 
 *API* (JSON): ``GET /api/mitigations``; ``POST /api/mitigations`` ``{"target-prefix": [...],
@@ -43,21 +56,37 @@ import secrets
 import ssl
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
-from agent.alerts import AlertError, parse_ports, parse_prefixes, parse_protocols
+from agent.alerts import AlertError, parse_lifetime, parse_ports, parse_prefixes, parse_protocols
 from agent.client import DotsClient, DotsConnectionError, DotsError
-from agent.portal.passwords import verify_password
+from agent.client.parties import Party, PartyConflict, PartyGate
+from agent.http_front import (
+    REASONS,
+    ConnectionCap,
+    HttpError,
+    HttpLimits,
+    HttpRequest,
+    Refusals,
+    error_response,
+    linger_close,
+    parse_json,
+    read_request,
+    start_server,
+)
+from agent.portal.hashing import HashPool, PoolSaturated
+from agent.portal.throttle import LoginLimits, LoginThrottle
 
 log = logging.getLogger("dots.portal")
+audit = logging.getLogger("dots.audit")
 STATIC = Path(__file__).with_name("static")
 CONTENT_TYPES = {".css": "text/css; charset=utf-8", ".js": "text/javascript; charset=utf-8",
                  ".svg": "image/svg+xml"}
 SESSION_TTL = 8 * 3600
-MAX_BODY = 64 * 1024
+PARTY = "portal user"
 SECURITY_HEADERS = ("Content-Security-Policy: default-src 'self'; style-src 'self'; script-src 'self'; "
                     "img-src 'self' data:; frame-ancestors 'none'\r\nX-Content-Type-Options: nosniff\r\n"
                     "Referrer-Policy: no-referrer\r\n")
@@ -91,13 +120,7 @@ class Session:
     expires: float
 
 
-@dataclass
-class Request:
-    method: str
-    path: str
-    headers: dict[str, str]
-    body: bytes
-    cookies: dict[str, str] = field(default_factory=dict)
+Request = HttpRequest
 
 
 class Response:
@@ -117,18 +140,25 @@ class Response:
         return cls(303, b"", headers=[f"Location: {to}", *(headers or [])])
 
 
-REASONS = {200: "OK", 303: "See Other", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
-           404: "Not Found", 405: "Method Not Allowed", 409: "Conflict", 413: "Payload Too Large",
-           502: "Bad Gateway", 503: "Service Unavailable"}
-
-
 class Portal:
     """The portal application (see the module docstring)."""
 
     def __init__(self, client: DotsClient, users: Mapping[str, User], state_dir: str | Path, *,
                  host: str = "127.0.0.1", port: int = 0, ssl_context: ssl.SSLContext | None = None,
-                 title: str = "DDoS mitigation portal") -> None:
+                 title: str = "DDoS mitigation portal", plain_http: bool = False, limits: HttpLimits | None = None,
+                 login_limits: LoginLimits | None = None, hash_pool: HashPool | None = None,
+                 gate: PartyGate | None = None) -> None:
+        if ssl_context is None and not plain_http:
+            raise ValueError("the portal serves HTTPS: give it a server certificate (or plain_http=True / "
+                             "--plain-http, for loopback tests only)")
         self.client = client
+        self.gate = gate or PartyGate(client)
+        self.limits = limits or HttpLimits()
+        self.throttle = LoginThrottle(login_limits)
+        self.hashes = hash_pool or HashPool()
+        self.hashes.prepare(u.password_hash for u in users.values())
+        self.refusals = Refusals("portal")
+        self._cap = ConnectionCap(self.limits.max_connections)
         self.users = dict(users)
         self.state_dir = Path(state_dir)
         self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -145,13 +175,18 @@ class Portal:
         self._state_file = self.state_dir / "portal.json"
         if self._state_file.exists():
             self.owners = {int(k): str(v) for k, v in json.loads(self._state_file.read_text())["owners"].items()}
+        if self.owners:  # owners recorded before the party book existed
+            self.gate.book.adopt(self.gate.cuid, {m: Party(PARTY, u) for m, u in self.owners.items()})
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> Portal:
-        self._server = await asyncio.start_server(self._conn, self.host, self.port, ssl=self.ssl_context)
+        self._server = await start_server(self._conn, self.host, self.port, self.limits, ssl=self.ssl_context)
         self.port = self._server.sockets[0].getsockname()[1]
         for mid in list(self.owners):
             self._watch(mid)
+        if self.ssl_context is None:
+            log.warning("portal serving plain HTTP on %s:%d (--plain-http): passwords and session cookies cross "
+                        "the network in clear; use it on loopback for tests only", self.host, self.port)
         log.info("portal on %s://%s:%d", "https" if self.ssl_context else "http", self.host, self.port)
         return self
 
@@ -165,6 +200,7 @@ class Portal:
             self._server.close()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._server.wait_closed(), 2)
+        self.hashes.close()
 
     async def __aenter__(self) -> Portal:
         return await self.start()
@@ -213,15 +249,31 @@ class Portal:
 
     # -- HTTP plumbing ---------------------------------------------------------------------------
     async def _conn(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peername = writer.get_extra_info("peername")
+        peer = str(peername[0]) if isinstance(peername, tuple) else str(peername)
+        if not self._cap.enter():
+            self.refusals.count(503, "too many connections", peer)
+            writer.write(error_response(503, b"too many connections", "text/plain", "Retry-After: 1\r\n"))
+            await linger_close(reader, writer, seconds=0.2)
+            return
+        try:
+            await self._serve(reader, writer, peer)
+        finally:
+            self._cap.leave()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str) -> None:
         try:
             while True:
                 try:
-                    req = await asyncio.wait_for(self._read(reader), 60)
-                except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError,
-                        ssl.SSLError, ValueError):
+                    req = await read_request(reader, self.limits)
+                except HttpError as exc:
+                    self.refusals.count(exc.status, exc.reason, peer)
+                    writer.write(error_response(exc.status, json.dumps({"error": exc.reason}).encode()))
+                    await linger_close(reader, writer)
                     return
                 if req is None:
                     return
+                req.peer = peer
                 if req.path == "/events" and req.method == "GET":
                     await self._events(req, writer)
                     return
@@ -230,6 +282,8 @@ class Portal:
                 except Exception:
                     log.exception("portal request %s %s failed", req.method, req.path)
                     resp = Response.json({"error": "internal error"}, 500)
+                if 400 <= resp.status < 500 and resp.status not in (401, 404):
+                    self.refusals.count(resp.status, f"{req.method} {req.path}", peer)
                 head = (f"HTTP/1.1 {resp.status} {REASONS.get(resp.status, 'Error')}\r\n"
                         f"Content-Type: {resp.content_type}\r\nContent-Length: {len(resp.body)}\r\n"
                         f"Cache-Control: no-store\r\n{SECURITY_HEADERS}"
@@ -240,24 +294,6 @@ class Portal:
             pass
         finally:
             writer.close()
-
-    async def _read(self, reader: asyncio.StreamReader) -> Request | None:
-        head = await reader.readuntil(b"\r\n\r\n")
-        lines = head.decode("latin-1").split("\r\n")
-        parts = lines[0].split()
-        if len(parts) != 3:
-            return None
-        headers = {k.strip().lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:] if ln)}
-        length = int(headers.get("content-length", "0") or 0)
-        if length > MAX_BODY:
-            raise ValueError("body too large")
-        body = await reader.readexactly(length) if length else b""
-        cookies = {}
-        for c in headers.get("cookie", "").split(";"):
-            k, _, v = c.strip().partition("=")
-            if k:
-                cookies[k] = v
-        return Request(parts[0], parts[1].split("?", 1)[0], headers, body, cookies)
 
     def _session(self, req: Request) -> Session | None:
         s = self.sessions.get(req.cookies.get("dots_session", ""))
@@ -299,13 +335,27 @@ class Portal:
 
     async def _login(self, req: Request) -> Response:
         form = self._form(req)
-        user = self.users.get(form.get("username", ""))
-        if user is None or not verify_password(form.get("password", ""), user.password_hash):
-            await asyncio.sleep(0.5)
+        name, password = form.get("username", "")[:256], form.get("password", "")
+        wait = self.throttle.retry_after(name, req.peer)
+        if wait:
+            log.warning("portal login for %r from %s refused: locked out for %d s", name, req.peer, wait)
+            return Response(429, self._login_page(f"Too many failed sign-ins: try again in {wait} s."),
+                            headers=[f"Retry-After: {wait}"])
+        user = self.users.get(name)
+        try:
+            ok = await self.hashes.check(password, user.password_hash if user else None)
+        except PoolSaturated:
+            log.warning("portal login for %r from %s refused: password checks saturated", name, req.peer)
+            return Response(503, self._login_page("The portal is busy: try again in a moment."),
+                            headers=["Retry-After: 1"])
+        if user is None or not ok:
+            self.throttle.failed(name, req.peer)
+            log.info("portal login failed for %r from %s", name, req.peer)
             return Response(401, self._login_page("Wrong user name or password."))
+        self.throttle.succeeded(name, req.peer)
         token = secrets.token_urlsafe(32)
         self.sessions[token] = Session(user, secrets.token_urlsafe(24), time.time() + SESSION_TTL)
-        log.info("portal login: %s", user.name)
+        audit.info("portal login: %s from %s", user.name, req.peer)
         return Response.redirect("/", [f"Set-Cookie: dots_session={token}; Max-Age={SESSION_TTL}; Path=/; HttpOnly; "
                                        "Secure; SameSite=Strict"])
 
@@ -318,24 +368,30 @@ class Portal:
             return Response.json({"mitigations": [{"mid": mid, "scope": self.scopes.get(mid, (None, 0))[0]}
                                                   for mid, o in sorted(self.owners.items()) if o == s.user.name]})
         try:
-            body = json.loads(req.body or b"{}")
-        except ValueError:
-            return Response.json({"error": "JSON body expected"}, 400)
+            body = parse_json(req.body or b"{}", self.limits.max_json_depth)
+        except ValueError as exc:
+            return Response.json({"error": f"JSON body expected: {exc}"}, 400)
+        if not isinstance(body, Mapping):
+            return Response.json({"error": "the body must be a JSON object"}, 400)
+        party = Party(PARTY, s.user.name)
         try:
             if len(parts) == 2 and req.method == "POST":
                 return await self._mitigate(s.user, body)
-            mid = int(parts[2]) if len(parts) >= 3 and parts[2].isdigit() else -1
+            mid = int(parts[2]) if len(parts) >= 3 and parts[2].isascii() and parts[2].isdigit() \
+                and len(parts[2]) <= 10 else -1
             if self.owners.get(mid) != s.user.name:
                 return Response.json({"error": "no such mitigation"}, 404)
             if len(parts) == 4 and parts[3] == "efficacy" and req.method == "POST":
-                res = await self.client.efficacy_update(mid, str(body.get("attack-status", "")))
+                res = await self.gate.efficacy_update(party, mid, str(body.get("attack-status", "")))
                 return Response.json(res.to_json_obj())
             if len(parts) == 3 and req.method == "DELETE":
-                code = await self.client.withdraw(mid)
+                code = await self.gate.withdraw(party, mid)
                 with contextlib.suppress(DotsError, DotsConnectionError):
                     for scope in await self.client.status(mid):
                         self._publish(mid, scope)
                 return Response.json({"mid": mid, "code": code})
+        except PartyConflict as exc:
+            return Response.json({"error": str(exc)}, 409)
         except (AlertError, ValueError) as exc:
             return Response.json({"error": str(exc)}, 400)
         except DotsError as exc:
@@ -351,13 +407,12 @@ class Portal:
         outside = [p for p in prefixes if not user.may_target(p)]
         if outside:
             return Response.json({"error": f"not among your protected prefixes: {', '.join(outside)}"}, 403)
-        lifetime = int(body.get("lifetime") or 3600)
-        res = await self.client.mitigate(prefixes, parse_ports(body.get("target-port")),
-                                         parse_protocols(body.get("target-protocol")), lifetime=lifetime)
+        lifetime = parse_lifetime(body.get("lifetime")) or 3600
+        res = await self.gate.mitigate(Party(PARTY, user.name), prefixes, parse_ports(body.get("target-port")),
+                                       parse_protocols(body.get("target-protocol")), lifetime=lifetime)
         self.owners[res.mid] = user.name
         self._save()
         self._watch(res.mid)
-        log.info("portal: %s requested mitigation %d for %s", user.name, res.mid, prefixes)
         return Response.json(res.to_json_obj())
 
     async def _events(self, req: Request, writer: asyncio.StreamWriter) -> None:
@@ -442,7 +497,8 @@ class Portal:
 
 
 async def run_portal(client: DotsClient, users: Mapping[str, User], state_dir: str | Path, host: str, port: int,
-                     ssl_context: ssl.SSLContext | None) -> None:
+                     ssl_context: ssl.SSLContext | None, *, plain_http: bool = False) -> None:
     """Run the portal until cancelled (the caller has connected ``client``)."""
-    async with Portal(client, users, state_dir, host=host, port=port, ssl_context=ssl_context):
+    async with Portal(client, users, state_dir, host=host, port=port, ssl_context=ssl_context,
+                      plain_http=plain_http):
         await asyncio.Event().wait()
