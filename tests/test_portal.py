@@ -3,7 +3,8 @@
 A user logs in over HTTPS, requests a mitigation, sees its status become
 attack-mitigation-in-progress (pushed by Server-Sent Events from the DOTS client's Observe),
 withdraws it and sees dots-client-withdrawn-mitigation.  Screenshots at desktop (1280x800)
-and phone (390x844) sizes go to the test's tmp dir and to ``docs/screenshots/``.
+and phone (390x844) sizes go to ``build/screenshots/`` (git-ignored); the committed copies in
+``docs/screenshots/`` are refreshed only on purpose, with ``DOTS_UPDATE_SCREENSHOTS=1``.
 
 Needs Debian's ``chromium`` and ``chromium-driver`` and ``pip install selenium``; the driver
 path is given explicitly (no Selenium Manager downloads).
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import ssl
 from collections.abc import AsyncIterator, Iterator
@@ -29,7 +31,9 @@ from tests.servers import ServerProcess
 
 CHROMIUM = shutil.which("chromium")
 CHROMEDRIVER = "/usr/bin/chromedriver"
-DOCS_SHOTS = Path(__file__).resolve().parents[1] / "docs" / "screenshots"
+ROOT = Path(__file__).resolve().parents[1]
+BUILD_SHOTS = ROOT / "build" / "screenshots"
+DOCS_SHOTS = ROOT / "docs" / "screenshots"
 PASSWORD = "correct horse battery staple"
 
 try:
@@ -138,8 +142,10 @@ def _viewport(driver: Any, width: int, height: int, mobile: bool) -> None:
 def _shot(driver: Any, tmp_path: Path, name: str) -> None:
     out = tmp_path / f"{name}.png"
     driver.save_screenshot(str(out))
-    DOCS_SHOTS.mkdir(parents=True, exist_ok=True)
-    shutil.copy(out, DOCS_SHOTS / out.name)
+    targets = [BUILD_SHOTS] + ([DOCS_SHOTS] if os.environ.get("DOTS_UPDATE_SCREENSHOTS") == "1" else [])
+    for folder in targets:
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copy(out, folder / out.name)
 
 
 def browse(url: str, tmp_path: Path) -> None:
