@@ -4,6 +4,7 @@ development certificates (DOTS CA and, apart from it, the management CA of RESTC
 from __future__ import annotations
 
 import argparse
+import sys
 
 from agent import pki
 
@@ -32,6 +33,16 @@ def mgmt_client(args: argparse.Namespace) -> int:
     return 0
 
 
+def renew(args: argparse.Namespace) -> int:
+    try:
+        crt = pki.renew(args.dir, args.name)
+    except (OSError, ValueError) as exc:
+        print(f"dots pki renew: {exc}", file=sys.stderr)
+        return 2
+    print(f"{args.name:<11} {crt} renewed for the same key  cuid={pki.certificate_cuid(crt)}")
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("pki", help="development PKI (ECDSA P-256)")
     psub = p.add_subparsers(dest="pki_command", required=True, metavar="ACTION")
@@ -51,3 +62,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("dir")
     q.add_argument("name")
     q.set_defaults(handler=mgmt_client)
+    q = psub.add_parser("renew", help="re-issue NAME.crt for its existing key NAME.key (same cuid), "
+                        "from the CA that issued it")
+    q.add_argument("dir")
+    q.add_argument("name")
+    q.set_defaults(handler=renew)

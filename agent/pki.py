@@ -90,9 +90,10 @@ def _sans(names: tuple[str, ...]) -> x509.SubjectAlternativeName:
 
 
 def issue(ca_cert: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey, cn: str,
-          sans: tuple[str, ...], server: bool) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-    """Issue an end-entity certificate signed by the CA."""
-    key = ec.generate_private_key(ec.SECP256R1())
+          sans: tuple[str, ...], server: bool, key: ec.EllipticCurvePrivateKey | None = None,
+          ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """Issue an end-entity certificate signed by the CA (for *key*, or a new one)."""
+    key = key or ec.generate_private_key(ec.SECP256R1())
     now = dt.datetime.now(dt.UTC)
     usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
     builder = (x509.CertificateBuilder().subject_name(_name(cn)).issuer_name(ca_cert.subject)
@@ -189,6 +190,41 @@ def issue_server(directory: str | Path, stem: str, sans: tuple[str, ...]) -> tup
     ca_cert, ca_key = load_ca(directory)
     cert, key = issue(ca_cert, ca_key, sans[0], sans, server=True)
     return write_pair(directory, stem, cert, key)
+
+
+def renew(directory: str | Path, stem: str) -> Path:
+    """Re-issue ``STEM.crt`` for the key it already has (``STEM.key``), with a fresh validity.
+
+    The same key keeps the same cuid (RFC 9132 §4.4.1.1 hashes the public key), so a DOTS
+    client's requests stay its own across the renewal.  Signed by whichever of the DOTS CA
+    (``ca``) and the management CA (``mgmt-ca``) issued the old certificate.
+    """
+    d = Path(directory)
+    old = x509.load_pem_x509_certificate((d / f"{stem}.crt").read_bytes())
+    key = serialization.load_pem_private_key((d / f"{stem}.key").read_bytes(), password=None)
+    if not isinstance(key, ec.EllipticCurvePrivateKey) or key.public_key() != old.public_key():
+        raise ValueError(f"{d / f'{stem}.key'} is not the key of {d / f'{stem}.crt'}")
+    for ca_stem in ("ca", "mgmt-ca"):
+        if (d / f"{ca_stem}.crt").exists():
+            ca_cert, ca_key = load_ca(d, ca_stem)
+            if ca_cert.subject == old.issuer:
+                break
+    else:
+        raise ValueError(f"no CA in {d} issued {stem}.crt ({old.issuer.rfc4514_string()})")
+    cn = old.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
+    try:
+        san = old.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        sans = tuple(str(v) for v in san.get_values_for_type(x509.DNSName)) + tuple(
+            str(v) for v in san.get_values_for_type(x509.IPAddress))
+    except x509.ExtensionNotFound:
+        sans = ()
+    eku = old.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    cert, _ = issue(ca_cert, ca_key, str(cn), sans, ExtendedKeyUsageOID.SERVER_AUTH in eku, key=key)
+    crt = d / f"{stem}.crt"
+    tmp = crt.with_suffix(".crt.new")
+    tmp.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    tmp.replace(crt)  # atomic: a reader sees the old or the new certificate, never half of one
+    return crt
 
 
 def certificate_fingerprint(path: str | Path) -> str:

@@ -130,3 +130,15 @@ def test_withdraw_of_an_unknown_mid_says_so(server, tmp_path):
     mid = json.loads(made.stdout)["mid"]
     r = client(server.pki, state, _addr(server), "withdraw", "--mid", str(mid))
     assert r.returncode == 0 and r.stdout.strip() == f"mid {mid}: 2.02 Deleted"
+
+
+def test_accepted_changes_are_audited_with_the_cuid(server, tmp_path):
+    state = tmp_path / "s.json"
+    made = client(server.pki, state, _addr(server), "--json", "mitigate", "--target-prefix", "198.51.100.0/24")
+    assert made.returncode == 0, made.stderr
+    mid = json.loads(made.stdout)["mid"]
+    assert client(server.pki, state, _addr(server), "withdraw", "--mid", str(mid)).returncode == 0
+    log = server.log.read_text()
+    cuid = server.client_cuid
+    assert f"dots.audit: signal channel: PUT {cuid}/{mid} -> 2.01" in log
+    assert f"dots.audit: signal channel: DELETE {cuid}/{mid} -> 2.02" in log

@@ -70,6 +70,7 @@ from .resolve import Resolution, Resolver, resolve_targets, system_resolver
 from .settings import ServerSettings
 
 log = logging.getLogger("dots.server")
+audit = logging.getLogger("dots.audit")  # accepted changes, with the cuid that made them
 
 Observer = Callable[["Entry"], None]  # called with the entry that changed (or was removed)
 
@@ -308,7 +309,7 @@ class MitigationService:
         await self._finish(work)
         entry = outcome.entry
         assert entry is not None
-        log.info("PUT %s/%s -> %s (status %s, lifetime %s)", cuid, mid, outcome.code,
+        audit.info("signal channel: PUT %s/%s -> %s (status %s, lifetime %s)", cuid, mid, outcome.code,
                  entry.machine.status and int(entry.machine.status), outcome.lifetime)
         return outcome
 
@@ -431,8 +432,9 @@ class MitigationService:
             self._plan(entry, transition.effects, work, persisted=True)
             work.seal()
         await self._finish(work)
-        log.info("DELETE %s/%s -> 2.02 (%s)", cuid, mid, "withdrawn" if transition.state is lifecycle.GONE
-                 else f"status {int(entry.machine.status or 0)}, terminating")
+        outcome = ("withdrawn" if transition.state is lifecycle.GONE
+                   else f"status {int(entry.machine.status or 0)}, terminating")
+        audit.info("signal channel: DELETE %s/%s -> 2.02 (%s)", cuid, mid, outcome)
 
     # -- timers, signal loss -------------------------------------------------------------
     def _arm(self, entry: Entry) -> None:

@@ -50,6 +50,7 @@ from .settings import ServerSettings
 from .uri import Params, UriError, content_filter, parse_params
 
 log = logging.getLogger("dots.server")
+audit = logging.getLogger("dots.audit")  # accepted changes, with the cuid that made them
 CF = rfc9132.CONTENT_FORMAT_DOTS_CBOR
 TEXT = 0  # text/plain;charset=utf-8, for diagnostics
 NOTIFY_MIN_INTERVAL_UNRELIABLE = rfc9132.NON_INTERVAL_WITHOUT_RTT
@@ -401,6 +402,7 @@ class DotsResource(Resource, PathCapable):
         assert p.sid is not None
         await self.sessions.set_config(cuid, p.sid, decision.config)
         self._config_changed(cuid)
+        audit.info("signal channel: PUT config %s sid %s -> %s", cuid, p.sid, "2.01" if decision.created else "2.04")
         return Message(code=coap.CREATED if decision.created else coap.CHANGED)
 
     async def _config_delete(self, request: Message, params: tuple[str, ...]) -> Message:
@@ -408,6 +410,7 @@ class DotsResource(Resource, PathCapable):
         self._params(params, ("sid",))
         await self.sessions.reset_config(cuid)
         self._config_changed(cuid)
+        audit.info("signal channel: DELETE config %s -> 2.02", cuid)
         return Message(code=coap.DELETED)
 
     # -- heartbeat ---------------------------------------------------------------------
