@@ -296,3 +296,49 @@ def test_ipv6_sources_are_counted_per_64():
     assert adm.begin_handshake(("2001:db8:1:3::1", 4646))  # the next /64 is someone else
     assert adm.begin_handshake(("::ffff:192.0.2.1", 4646)) and adm.begin_handshake(("192.0.2.1", 4646))
     assert not adm.begin_handshake(("192.0.2.1", 4646))  # IPv4-mapped counts as the IPv4 address
+
+
+def test_full_pending_table_gives_a_newcomer_the_biggest_groups_oldest_slot():
+    adm = Admission(ListenerLimits(max_pending_handshakes=6, max_pending_handshakes_per_address=3))
+    aborted: list[str] = []
+    tokens = {}
+    for host in ("192.0.2.1", "192.0.2.2"):
+        for i in range(3):
+            tokens[host, i] = adm.begin_handshake((host, 1000 + i),
+                                                  abort=lambda h=host, i=i: aborted.append(f"{h}/{i}"))
+            assert tokens[host, i] is not None
+    assert adm.stats.handshakes_pending == 6
+    newcomer = adm.begin_handshake(("198.51.100.7", 1))  # holds nothing: takes the oldest of a 3-slot group
+    assert newcomer is not None and aborted == ["192.0.2.1/0"]
+    assert adm.stats.handshakes_pending == 6 and adm.stats.handshakes_evicted == 1
+    adm.end_handshake(tokens["192.0.2.1", 0], "failed")  # the aborted handshake's own close: not counted again
+    assert adm.stats.handshakes_pending == 6 and adm.stats.handshakes_failed == 0
+    # fair share: a group holding 2 does not evict from groups of 3 and 2 (only "more than one more")
+    assert adm.begin_handshake(("192.0.2.1", 9)) is None
+    assert aborted == ["192.0.2.1/0"] and adm.stats.handshakes_refused == 1
+    adm.end_handshake(newcomer, "completed")
+    adm.end_handshake(newcomer, "completed")  # idempotent
+    assert adm.stats.handshakes_completed == 1 and adm.stats.handshakes_pending == 5
+
+
+async def test_tls_flood_from_many_addresses_does_not_lock_a_newcomer_out(pki: Path):
+    # 20 sources x 16 pending = 320 > 256: the table is full, yet a peer from a fresh address is served
+    admission = Admission(ListenerLimits(handshake_timeout=30))
+    server = await tls.create_server_context(_site(), [("127.0.0.1", 0)], Credentials.from_pki_dir(pki, "server"),
+                                             admission=admission)
+    client = await tls.create_client_context(Credentials.from_pki_dir(pki, "client"))
+    try:
+        port = tls.tls_server(server).addresses[0][1]  # type: ignore[union-attr]
+        flood = await _flood_round(port, 20 * 16, sources=20)
+        try:
+            await until(lambda: admission.stats.handshakes_pending >= 256)
+            resp = await _tls_get(client, port)  # from 127.0.0.1, which holds no slot
+            assert resp.payload == b"hello"
+            await resp.remote.release()
+            assert admission.stats.handshakes_evicted >= 1
+        finally:
+            flood.close()
+        await until(lambda: admission.stats.handshakes_pending == 0)
+    finally:
+        await client.shutdown()
+        await server.shutdown()

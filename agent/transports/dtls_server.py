@@ -34,7 +34,7 @@ from .dtls_core import (
     payload_size_for,
     split_records,
 )
-from .limits import Admission, Association, ListenerLimits, address_key, spki_identity
+from .limits import Admission, Association, ListenerLimits, PendingHandshake, address_key, spki_identity
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +70,8 @@ class DTLSServerRemote(interfaces.EndpointAddress):
         self.peer_cert_der: bytes | None = None
         #: this association as the admission counts it, once established and admitted
         self.assoc: Association | None = None
+        #: its handshake while pending (ended once: completed, failed, timed out or evicted)
+        self.pending: PendingHandshake | None = None
         #: aiocoap may lower this per remote; it starts at what fits the path MTU
         self.maximum_block_size_exp = block_size_exp_for(transport.mtu)
         self.maximum_payload_size = payload_size_for(transport.mtu)
@@ -278,10 +280,13 @@ class DTLSServerTransport(interfaces.MessageInterface):
                 self.admission.warn("max-peers", "coaps: %d DTLS associations (max_peers): refusing %s",
                                     self.max_peers, address_key(addr))
                 return
-        if not self.admission.begin_handshake(addr):
+        token = self.admission.begin_handshake(addr)
+        if token is None:
             self.stats["dropped"] += 1
             return
         peer = DTLSServerRemote(self, addr, conn)
+        peer.pending = token
+        token.abort = lambda: peer.channel.close(IdleTimeout("evicted: pending-handshake slots full"))
         self.peers[addr] = peer
         self.stats["accepted"] += 1
         peer.channel.start()
@@ -311,7 +316,7 @@ class DTLSServerTransport(interfaces.MessageInterface):
 
     def _admit(self, peer: DTLSServerRemote) -> bool:
         """Handshake done: count it; register the association unless a limit refuses it."""
-        self.admission.end_handshake(peer.sockaddr, "completed")
+        self.admission.end_handshake(peer.pending, "completed")
         ch = peer.channel
         assoc = Association(address=address_key(peer.sockaddr), identity=self.identity(peer),
                             close=lambda: ch.close(IdleTimeout("evicted: max-associations-per-client")),
@@ -329,7 +334,7 @@ class DTLSServerTransport(interfaces.MessageInterface):
             self.admission.released(peer.assoc)
         elif not peer.channel.established:
             timed_out = isinstance(reason, IdleTimeout) or "timed out" in str(reason)
-            self.admission.end_handshake(peer.sockaddr, "timed-out" if timed_out else "failed")
+            self.admission.end_handshake(peer.pending, "timed-out" if timed_out else "failed")
         log.debug("DTLS association with %s closed: %r", peer.hostinfo, reason)
         if self.on_closed is not None and peer.assoc is not None:
             try:

@@ -7,11 +7,16 @@ association limits count DTLS associations and TLS connections together, as the
 
 * :meth:`Admission.begin_handshake` before it spends anything on a peer (a TLS connection is
   accepted but no SSL state is built; a DTLS ClientHello has passed the stateless cookie
-  exchange): refused when the pending-handshake limits (total, per source address) or the
-  association limits (total, per address) are reached.  Over the total association limit,
-  associations idle past their liveness (``last_activity`` older than ``stale_after``) are
-  closed first; an established association of a live peer is never taken for a newcomer;
-* :meth:`Admission.end_handshake` with the outcome (completed, failed, timed-out);
+  exchange): it returns a :class:`PendingHandshake` token, or None when the per-address
+  pending limit or the association limits (total, per address) are reached.  When the total
+  pending limit is reached, the oldest pending handshake of the address group holding the
+  most slots is aborted for the newcomer (fair share: only a group holding more than one slot
+  more than the newcomer's own), so a flood from a few addresses cannot keep everyone else out
+  for a whole handshake timeout.  Over the total association limit, associations idle past
+  their liveness (``last_activity`` older than ``stale_after``) are closed first; an
+  established association of a live peer is never taken for a newcomer;
+* :meth:`Admission.end_handshake` with the token and the outcome (completed, failed,
+  timed-out); a token ends once (an aborted handshake's later close is not counted twice);
 * :meth:`Admission.established` with the peer's identity (the SHA-256 of its certificate's
   SubjectPublicKeyInfo by default, which the cuid is derived from; the PSK identity for a
   PSK peer): beyond ``max-associations-per-client`` the *same identity's* oldest association
@@ -77,6 +82,7 @@ class ListenerStats:
     handshakes_failed: int = 0
     handshakes_timed_out: int = 0
     handshakes_refused: int = 0
+    handshakes_evicted: int = 0
     associations: int = 0
     associations_refused: int = 0
     associations_evicted: int = 0
@@ -146,6 +152,19 @@ def address_key(addr: Any) -> str:
 
 
 @dataclass(eq=False)
+class PendingHandshake:
+    """A handshake in progress, as the admission sees it (returned by ``begin_handshake``).
+
+    ``abort`` (set by the listener once its connection object exists) tears the handshake
+    down when its slot is taken for a newcomer."""
+
+    address: str
+    abort: Callable[[], None] | None = None
+    since: float = field(default_factory=time.monotonic)
+    ended: bool = False
+
+
+@dataclass(eq=False)
 class Association:
     """An established DTLS association or TLS connection, as the admission sees it."""
 
@@ -166,7 +185,7 @@ class Admission:
         self.stale_after = stale_after
         self.name = name
         self.stats = ListenerStats()
-        self._pending: dict[str, int] = {}
+        self._pending: dict[str, OrderedDict[int, PendingHandshake]] = {}
         self._by_address: dict[str, int] = {}
         self._by_identity: dict[Hashable, OrderedDict[int, Association]] = {}
         self._all: OrderedDict[int, Association] = OrderedDict()
@@ -174,50 +193,84 @@ class Admission:
 
     # -- handshakes
 
-    def begin_handshake(self, addr: Any) -> bool:
-        """May a handshake from *addr* start?  True counts it as pending."""
+    def begin_handshake(self, addr: Any, abort: Callable[[], None] | None = None) -> PendingHandshake | None:
+        """May a handshake from *addr* start?  A token (counted as pending), or None: refused."""
         lim, key = self.limits, address_key(addr)
-        if self.stats.handshakes_pending >= lim.max_pending_handshakes:
-            return self._refuse_handshake("pending", "%s: %d TLS/DTLS handshakes pending (max-pending-handshakes):"
-                                          " refusing %s", self.name, lim.max_pending_handshakes, key)
-        if self._pending.get(key, 0) >= lim.max_pending_handshakes_per_address:
-            return self._refuse_handshake("pending-address", "%s: %d handshakes pending from %s "
-                                          "(max-pending-handshakes-per-address): refusing more",
-                                          self.name, lim.max_pending_handshakes_per_address, key)
-        if self._by_address.get(key, 0) + self._pending.get(key, 0) >= lim.max_associations_per_address:
+        mine = len(self._pending.get(key, ()))
+        if mine >= lim.max_pending_handshakes_per_address:
+            self._refuse_handshake("pending-address", "%s: %d handshakes pending from %s "
+                                   "(max-pending-handshakes-per-address): refusing more",
+                                   self.name, lim.max_pending_handshakes_per_address, key)
+            return None
+        if self._by_address.get(key, 0) + mine >= lim.max_associations_per_address:
             self.stats.associations_refused += 1
             self.warn("address", "%s: %d associations from %s (max-associations-per-address): refusing more",
                       self.name, lim.max_associations_per_address, key)
-            return False
+            return None
         if len(self._all) >= lim.max_associations and not self._evict_stale():
             self.stats.associations_refused += 1
             self.warn("total", "%s: %d associations (max-associations): refusing %s",
                       self.name, lim.max_associations, key)
-            return False
-        self._pending[key] = self._pending.get(key, 0) + 1
+            return None
+        if self.stats.handshakes_pending >= lim.max_pending_handshakes and not self._evict_pending(mine):
+            self._refuse_handshake("pending", "%s: %d TLS/DTLS handshakes pending (max-pending-handshakes):"
+                                   " refusing %s", self.name, lim.max_pending_handshakes, key)
+            return None
+        token = PendingHandshake(key, abort)
+        self._pending.setdefault(key, OrderedDict())[id(token)] = token
         self.stats.handshakes_pending += 1
+        return token
+
+    def _evict_pending(self, mine: int) -> bool:
+        """Make room by aborting the oldest pending handshake of the biggest address group, if
+        that group holds more than one slot more than the newcomer's (``mine``)."""
+        if not self._pending:
+            return False
+        key, group = max(self._pending.items(), key=lambda kv: len(kv[1]))
+        if len(group) <= mine + 1:
+            return False
+        victim = next((h for h in group.values() if h.abort is not None), None)
+        if victim is None:
+            return False
+        self._drop(victim)
+        self.stats.handshakes_evicted += 1
+        self.warn("pending-evict", "%s: max-pending-handshakes reached: aborted the oldest of the %d pending "
+                  "handshakes from %s for a newcomer", self.name, len(group) + 1, key)
+        abort = victim.abort
+        try:
+            abort()
+        except Exception:
+            log.exception("aborting an evicted handshake failed")
         return True
 
-    def _refuse_handshake(self, kind: str, fmt: str, *args: Any) -> bool:
+    def _refuse_handshake(self, kind: str, fmt: str, *args: Any) -> None:
         self.stats.handshakes_refused += 1
         self.warn(kind, fmt, *args)
-        return False
 
-    def end_handshake(self, addr: Any, outcome: str) -> None:
-        """A handshake that :meth:`begin_handshake` admitted ended: completed, failed or timed-out."""
-        key = address_key(addr)
-        left = self._pending.get(key, 0) - 1
-        if left > 0:
-            self._pending[key] = left
-        else:
-            self._pending.pop(key, None)
+    def _drop(self, token: PendingHandshake) -> bool:
+        """Forget a pending handshake; False if it had already ended."""
+        if token.ended:
+            return False
+        token.ended = True
+        group = self._pending.get(token.address)
+        if group is not None:
+            group.pop(id(token), None)
+            if not group:
+                del self._pending[token.address]
         self.stats.handshakes_pending = max(0, self.stats.handshakes_pending - 1)
+        return True
+
+    def end_handshake(self, token: PendingHandshake | None, outcome: str) -> None:
+        """A handshake that :meth:`begin_handshake` admitted ended: completed, failed or timed-out.
+        Idempotent; an evicted handshake's own end is not counted again."""
+        if token is None or not self._drop(token):
+            return
         if outcome == "completed":
             self.stats.handshakes_completed += 1
         elif outcome == "timed-out":
             self.stats.handshakes_timed_out += 1
             self.warn("timeout", "%s: handshake from %s not complete after %g s: closed",
-                      self.name, key, self.limits.handshake_timeout)
+                      self.name, token.address, self.limits.handshake_timeout)
         else:
             self.stats.handshakes_failed += 1
 

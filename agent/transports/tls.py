@@ -49,7 +49,14 @@ from aiocoap.transports.tcp import TcpConnection
 from aiocoap.transports.tls import TLSClient, TLSServer
 
 from agent.transports.credentials import Credentials
-from agent.transports.limits import Admission, Association, ListenerLimits, address_key, spki_identity
+from agent.transports.limits import (
+    Admission,
+    Association,
+    ListenerLimits,
+    PendingHandshake,
+    address_key,
+    spki_identity,
+)
 
 DOTS_SIGNAL_PORT = 4646
 """RFC 9132 §10.2: default port of the DOTS signal channel, on both TCP and UDP."""
@@ -219,16 +226,13 @@ class _AdmittedSSLProtocol(sslproto.SSLProtocol):
     max_size = 32 * 1024
 
     def __init__(self, loop: asyncio.AbstractEventLoop, app: asyncio.BaseProtocol, ctx: ssl.SSLContext,
-                 admission: Admission, peer: Any, timeout: float) -> None:
+                 admission: Admission, token: PendingHandshake, timeout: float) -> None:
         super().__init__(loop, app, ctx, None, server_side=True, ssl_handshake_timeout=timeout)
         self._admission = admission
-        self._peer = peer
-        self._pending = True
+        self._token = token
 
     def _end(self, outcome: str) -> None:
-        if self._pending:
-            self._pending = False
-            self._admission.end_handshake(self._peer, outcome)
+        self._admission.end_handshake(self._token, outcome)  # once; not again after an eviction
 
     def _check_handshake_timeout(self) -> None:
         if self._state == sslproto.SSLProtocolState.DO_HANDSHAKE:
@@ -259,10 +263,11 @@ class _Gate(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         peer = transport.get_extra_info("peername") or ("", 0)
         admission = self.server.admission
-        if not admission.begin_handshake(peer):
+        token = admission.begin_handshake(peer, abort=transport.abort)
+        if token is None:
             transport.abort()
             return
-        proto = _AdmittedSSLProtocol(self.loop, self.app_factory(), self.ssl_context, admission, peer,
+        proto = _AdmittedSSLProtocol(self.loop, self.app_factory(), self.ssl_context, admission, token,
                                      admission.limits.handshake_timeout)
         transport.set_protocol(proto)
         proto.connection_made(transport)
