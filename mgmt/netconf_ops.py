@@ -54,6 +54,11 @@ _OP_MODULES = {NC_NS: "ietf-netconf", MON_NS: "ietf-netconf-monitoring", NOTIF_N
                AGENT_NS: "dots-agent"}
 
 
+def _uint32(text: str) -> bool:
+    """ASCII digits only (``str.isdigit`` also takes '²' and '２３') and within uint32."""
+    return text.isascii() and text.isdigit() and len(text) <= 10 and int(text) <= 0xFFFFFFFF
+
+
 @dataclass
 class Outcome:
     reply: str
@@ -251,7 +256,7 @@ class NetconfOps:
             return Outcome(ok)
         if name == "commit":
             timeout_text = _text(p.get("confirm-timeout"), "600")
-            if not timeout_text.isdigit() or int(timeout_text) == 0:
+            if not _uint32(timeout_text) or int(timeout_text) == 0:
                 raise MgmtError("invalid-value", "confirm-timeout must be a positive integer",
                                 type="protocol", info={"bad-element": "confirm-timeout"})
             await ds.commit(sid, confirmed="confirmed" in p, timeout=float(timeout_text),
@@ -268,7 +273,7 @@ class NetconfOps:
             return Outcome(ok, close=True)
         if name == "kill-session":
             target_text = _text(p.get("session-id"), "")
-            if not target_text.isdigit():
+            if not _uint32(target_text):
                 raise MgmtError("missing-element", "kill-session needs <session-id>", type="protocol",
                                 info={"bad-element": "session-id"})
             target = int(target_text)

@@ -440,3 +440,18 @@ def test_public_key_login(tmp_path: Path):
             h.connect(password="wrong")
     finally:
         h.close()
+
+
+def test_numeric_rpc_parameters_are_ascii_digits(harness: Harness):
+    with harness.connect() as m:
+        for value in ("２", "²", "99999999999"):
+            with pytest.raises(RPCError) as err:
+                m.dispatch(etree.fromstring(f'<kill-session xmlns="urn:ietf:params:xml:ns:netconf:base:1.0">'
+                                            f"<session-id>{value}</session-id></kill-session>"))
+            assert err.value.tag == "missing-element", value
+            m.edit_config(target="candidate", config=CLIENT_B)
+            with pytest.raises(RPCError) as err:
+                m.commit(confirmed=True, timeout=value)
+            assert err.value.tag == "invalid-value", value
+            m.discard_changes()
+        assert "customer-b" not in _names(m.get_config("running").data_xml)
