@@ -80,13 +80,18 @@ class RateLimitedWarning:
 
 
 def _address(addr: Any) -> str:
+    """What per-address limits count: the IPv4 address, or the IPv6 /64 (as the signal channel's
+    ``agent.transports.limits.address_key``; mgmt does not import the agent, hence the twin)."""
     host = str(addr[0] if isinstance(addr, tuple | list) else addr)
     try:
         ip = ipaddress.ip_address(host.split("%", 1)[0])
     except ValueError:
         return host
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return str(ip.ipv4_mapped)
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        if not ip.is_loopback:
+            return str(ipaddress.IPv6Network((ip, 64), strict=False))
     return str(ip)
 
 

@@ -42067,7 +42067,8 @@ connection beyond it is closed at once.
         """
     Getter method for max_sessions_per_address, mapped from YANG variable /dots_agent/management/netconf/max_sessions_per_address (uint16)
 
-    YANG Description: Sessions at once from one source address.
+    YANG Description: Sessions at once from one source address (IPv6: from one
+/64).
     """
         try:
             return self.__max_sessions_per_address
@@ -42083,7 +42084,8 @@ connection beyond it is closed at once.
     method. Backends looking to populate this variable should
     do so via calling thisObj._set_max_sessions_per_address() directly.
 
-    YANG Description: Sessions at once from one source address.
+    YANG Description: Sessions at once from one source address (IPv6: from one
+/64).
     """
         if hasattr(v, '_utype'):
             v = v._utype(v)
@@ -42504,7 +42506,8 @@ connection beyond it is closed at once.
         """
     Getter method for max_sessions_per_address, mapped from YANG variable /dots_agent/management/restconf/max_sessions_per_address (uint16)
 
-    YANG Description: Sessions at once from one source address.
+    YANG Description: Sessions at once from one source address (IPv6: from one
+/64).
     """
         try:
             return self.__max_sessions_per_address
@@ -42520,7 +42523,8 @@ connection beyond it is closed at once.
     method. Backends looking to populate this variable should
     do so via calling thisObj._set_max_sessions_per_address() directly.
 
-    YANG Description: Sessions at once from one source address.
+    YANG Description: Sessions at once from one source address (IPv6: from one
+/64).
     """
         if hasattr(v, '_utype'):
             v = v._utype(v)
