@@ -401,16 +401,8 @@ class AlertServer:
         return hmac.compare_digest(got.encode("latin-1", "replace"), f"Bearer {self.token}".encode())
 
     async def _conn(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peer = writer.get_extra_info("peername")
-        if not self._cap.enter():
-            self.refusals.count(503, "too many connections", peer)
-            writer.write(error_response(503, b'{"error": "too many connections"}', extra="Retry-After: 1\r\n"))
-            await linger_close(reader, writer, seconds=0.2)
-            return
-        try:
-            await self._serve(reader, writer, peer)
-        finally:
-            self._cap.leave()
+        busy = error_response(503, b'{"error": "too many connections"}', extra="Retry-After: 1\r\n")
+        await self._cap.serve(reader, writer, self.refusals, busy, self._serve, writer.get_extra_info("peername"))
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: Any) -> None:
         try:

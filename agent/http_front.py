@@ -21,6 +21,7 @@ import json
 import logging
 import re
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -102,6 +103,21 @@ class ConnectionCap:
 
     def leave(self) -> None:
         self.open -= 1
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, refusals: Refusals,
+                    busy: bytes, serve: Callable[[asyncio.StreamReader, asyncio.StreamWriter, Any], Awaitable[None]],
+                    peer: Any) -> None:
+        """Run ``serve(reader, writer, peer)`` within the cap; beyond it answer 503 with *busy*
+        (a whole response, see :func:`error_response`) and close."""
+        if not self.enter():
+            refusals.count(503, "too many connections", peer)
+            writer.write(busy)
+            await linger_close(reader, writer, seconds=0.2)
+            return
+        try:
+            await serve(reader, writer, peer)
+        finally:
+            self.leave()
 
 
 def _content_length(values: list[str], limits: HttpLimits) -> int:

@@ -251,15 +251,8 @@ class Portal:
     async def _conn(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peername = writer.get_extra_info("peername")
         peer = str(peername[0]) if isinstance(peername, tuple) else str(peername)
-        if not self._cap.enter():
-            self.refusals.count(503, "too many connections", peer)
-            writer.write(error_response(503, b"too many connections", "text/plain", "Retry-After: 1\r\n"))
-            await linger_close(reader, writer, seconds=0.2)
-            return
-        try:
-            await self._serve(reader, writer, peer)
-        finally:
-            self._cap.leave()
+        busy = error_response(503, b"too many connections", "text/plain", "Retry-After: 1\r\n")
+        await self._cap.serve(reader, writer, self.refusals, busy, self._serve, peer)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str) -> None:
         try:
