@@ -55,7 +55,7 @@ from mgmt.filters import SubtreeFilter, list_keys_of, xpath_select
 from mgmt.interfaces import ConfigSubscriber, JsonTree, RpcHandler, SessionInfo, StateProvider
 from mgmt.limits import statistics_state
 from mgmt.monitoring import monitoring_state
-from mgmt.nacm import NACM_MODULE, NACM_TOP, default_nacm
+from mgmt.nacm import NACM_TOP, default_nacm
 from mgmt.tree import ConfigTree
 from mgmt.yangctx import AGENT_MODULE, YangContext
 
@@ -77,7 +77,6 @@ class Management:
                  search_path: list[Path] | None = None, administrators: Sequence[str] = (),
                  admin_certificates: Sequence[str] = ()) -> None:
         self.yc = YangContext(search_path)
-        self.yc.ctx.load_module(NACM_MODULE)  # implemented: /nacm is configuration
         self.ds = Datastores(self.yc, startup_file, initial_config)
         self.ds.subscribers.extend(subscribers)
         self.access = AccessControl(self, administrators)

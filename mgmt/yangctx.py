@@ -30,7 +30,8 @@ AGENT_NS = "urn:dots-agent:params:xml:ns:yang:dots-agent"
 NC_NS = "urn:ietf:params:xml:ns:netconf:base:1.0"
 NC_FEATURES = ("writable-running", "candidate", "confirmed-commit", "rollback-on-error", "validate",
                "startup", "xpath")
-EXTRA_MODULES = ("ietf-netconf-monitoring", "ietf-yang-library", "ietf-netconf-with-defaults")
+EXTRA_MODULES = ("ietf-netconf-monitoring", "ietf-yang-library", "ietf-netconf-with-defaults",
+                 "ietf-netconf-acm")  # implemented: /nacm is configuration (RFC 8341)
 
 _LOCATION = re.compile(r'(?:Data|Schema) location "([^"]+)"')
 _logging_lock = threading.Lock()
