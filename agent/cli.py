@@ -11,6 +11,7 @@ import importlib
 import importlib.metadata
 import logging
 import sys
+import traceback
 from collections.abc import Callable
 
 # Modules that contribute sub-commands: each has ``register(subparsers)``.
@@ -42,6 +43,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _command_of(args: argparse.Namespace) -> str:
+    """``server``, ``call-home server``, ``client agent``: the sub-command words as typed."""
+    if args.command == "call-home" and getattr(args, "call_home_command", None):
+        return f"call-home {args.call_home_command}"
+    if args.command == "client" and getattr(args, "action", None) in ("agent", "alerts", "portal"):
+        return f"client {args.action}"
+    return str(args.command)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -51,10 +61,17 @@ def main(argv: list[str] | None = None) -> int:
         for name in ("coap", "coap-client", "coap-server"):
             logging.getLogger(name).setLevel(logging.WARNING)
     handler: Callable[[argparse.Namespace], int] = args.handler
+    from agent.startup import OperatorError
+
     try:
         return handler(args)
     except KeyboardInterrupt:
         return 130
+    except OperatorError as exc:  # the operator's to fix: one line, no traceback unless -vv
+        if args.verbose >= 2:
+            traceback.print_exc()
+        print(f"dots {_command_of(args)}: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -78,6 +78,12 @@ def _prepare(args: argparse.Namespace) -> dict[str, Any]:
             prepared["users"] = load_users(args.users)
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             raise UsageError(f"cannot read the users file {args.users}: {exc}") from None
+        from agent.portal.passwords import is_hash
+
+        plain = [name for name, user in prepared["users"].items() if not is_hash(user.password_hash)]
+        if plain:
+            raise UsageError(f"users file {args.users}: the password of {', '.join(sorted(plain))} is not an "
+                             "scrypt hash (hash it with: python -m agent.portal.passwords)")
         try:
             prepared["login"] = LoginLimits(user_failures=args.login_failures_per_user,
                                             address_failures=args.login_failures_per_address,

@@ -13,8 +13,9 @@ import json
 import logging
 import signal
 from pathlib import Path
+from typing import Any
 
-from agent import mgmt_embed
+from agent import mgmt_embed, startup
 from agent.mitigators import MITIGATOR_NAMES
 from agent.numbers import rfc9132
 from agent.transports.credentials import Credentials
@@ -24,14 +25,38 @@ log = logging.getLogger("dots.server")
 
 async def serve(args: argparse.Namespace) -> int:
     from agent.server.app import DotsServer, ServerOptions
+    from agent.server.management import bootstrap_config
+    from agent.store.interface import StoreError
 
-    config = json.loads(Path(args.config).read_text()) if args.config else None
-    creds = Credentials.from_pki_dir(args.pki, "server")
     listen = args.listen or ["::1", "127.0.0.1"]
-    db = Path(args.db)
-    opts = mgmt_embed.options_from(args, listen[0], db.parent / f"{db.stem}-mgmt")
-    management = None
     transports = tuple(args.transport) if args.transport else ("tls", "dtls")
+    # everything the operator gave is checked before a port is bound or a file created
+    startup.check_credentials(args.pki, "server")
+    creds = Credentials.from_pki_dir(args.pki, "server")
+    config = None
+    if args.config:
+        config = startup.complete_server_config(startup.read_config(args.config),
+                                                bootstrap_config(creds, listen, args.port, transports))
+        startup.validate_config(config, args.config)
+    db = Path(args.db)
+    startup.check_db(db)
+    opts = mgmt_embed.options_from(args, listen[0], db.parent / f"{db.stem}-mgmt")
+    created = startup.Leftovers(*(startup.db_files(db) if not db.exists() else ()),
+                                *((opts.mgmt_dir,) if opts.enabled else ()))
+    try:
+        return await _serve(args, DotsServer, ServerOptions, creds, config, listen, transports, db, opts)
+    except StoreError as exc:
+        created.remove()
+        raise startup.OperatorError(str(exc)) from exc
+    except BaseException:
+        created.remove()
+        raise
+
+
+async def _serve(args: argparse.Namespace, DotsServer: Any, ServerOptions: Any, creds: Credentials,
+                 config: dict[str, Any] | None, listen: list[str], transports: tuple[str, ...], db: Path,
+                 opts: mgmt_embed.MgmtOptions) -> int:
+    management = None
     if opts.enabled:
         from agent.server.management import ServerManagement, bootstrap_config
         from mgmt.errors import MgmtError
@@ -40,8 +65,7 @@ async def serve(args: argparse.Namespace) -> int:
             management = ServerManagement(opts, creds, config if config is not None else
                                           bootstrap_config(creds, listen, args.port, transports))
         except MgmtError as exc:
-            log.error("invalid configuration: %s", exc)
-            return 2
+            raise startup.OperatorError(f"invalid configuration: {exc}") from exc
         config = management.running()
     options = ServerOptions(
         credentials=creds, listen=listen, port=args.port, db=db,
@@ -49,19 +73,19 @@ async def serve(args: argparse.Namespace) -> int:
         transports=transports,
         netns=args.netns, counter_interval=args.counter_interval)
     server = DotsServer(options)
-    if management is not None:
-        try:  # the running configuration must be one this build can honour
-            server.check_config(config)
-        except ValueError as exc:
-            log.error("configuration refused: %s", exc)
-            return 2
+    try:  # the configuration must be one this build can honour
+        server.check_config(config)
+    except ValueError as exc:
+        if management is not None:
+            await management.close()
+        raise startup.OperatorError(f"configuration refused: {exc}") from exc
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await server.start()
-    addresses: dict[str, list[tuple[str, int]]] = dict(server.addresses)
     try:
+        await server.start()
+        addresses: dict[str, list[tuple[str, int]]] = dict(server.addresses)
         if management is not None:
             addresses.update(await management.start(server))
         if args.ready_file:

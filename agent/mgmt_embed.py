@@ -29,12 +29,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from agent.pki import ADMIN_CERT, MGMT_CA_CERT, certificate_fingerprint
+from agent.startup import OperatorError
 from mgmt.auth import User, UserDB, hash_password, load_password_file
 from mgmt.errors import MgmtError
 from mgmt.limits import stats_for
@@ -178,6 +180,12 @@ def create(opts: MgmtOptions, initial: dict[str, Any] | None) -> Management:
     return mgmt
 
 
+def _bind_error(what: str, host: str, port: int, exc: OSError) -> OperatorError:
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
+    return OperatorError(f"cannot listen for {what} on {where}: {reason} (--{what.split()[0].lower()}-port)")
+
+
 async def start_servers(mgmt: Management, opts: MgmtOptions, tls: tuple[Path, Path, Path] | None
                         ) -> dict[str, list[tuple[str, int]]]:
     """Start NETCONF and/or RESTCONF; returns the bound addresses by protocol."""
@@ -188,15 +196,21 @@ async def start_servers(mgmt: Management, opts: MgmtOptions, tls: tuple[Path, Pa
         db.on_failure = lambda _name: stats.count("authentication_failures")
         settings = NetconfSettings(host_key_file=opts.mgmt_dir / HOST_KEY, users=db,
                                    host=opts.host, port=opts.netconf_port)
-        server = await mgmt.start_netconf(settings)
+        try:
+            server = await mgmt.start_netconf(settings)
+        except OSError as exc:
+            raise _bind_error("NETCONF (SSH)", opts.host, opts.netconf_port, exc) from exc
         bound["netconf"] = [(opts.host, server.port)]
     if opts.restconf_port is not None:
         if tls is None:
             raise ValueError("RESTCONF needs a certificate (--pki)")
         cert, key, dots_ca = tls
         ca = restconf_trust_anchor(opts, mgmt.running_dict(), dots_ca)
-        rc = await mgmt.start_restconf(RestconfSettings(ssl_context=restconf_context(cert, key, ca), host=opts.host,
-                                                        port=opts.restconf_port))
+        try:
+            rc = await mgmt.start_restconf(RestconfSettings(ssl_context=restconf_context(cert, key, ca),
+                                                            host=opts.host, port=opts.restconf_port))
+        except OSError as exc:
+            raise _bind_error("RESTCONF (HTTPS)", opts.host, opts.restconf_port, exc) from exc
         bound["restconf"] = [(opts.host, rc.port)]
     log.info("management plane: %s; startup datastore %s",
              ", ".join(f"{k} {h}:{p}" for k, a in bound.items() for h, p in a) or "no protocol",

@@ -18,7 +18,7 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from agent import mgmt_embed
+from agent import mgmt_embed, startup
 from agent.client.connection import parse_server
 from agent.transports.credentials import Credentials
 
@@ -48,13 +48,18 @@ async def serve(args: argparse.Namespace) -> int:
     creds = Credentials.from_pki_dir(args.pki, "client")
     state_dir = Path(args.state).parent if args.state else default_state_path().parent
     opts = mgmt_embed.options_from(args, args.listen, state_dir / "agent-mgmt")
-    initial = json.loads(Path(args.config).read_text()) if args.config else \
+    initial = startup.read_config(args.config) if args.config else \
         bootstrap_config(creds, args.server, args.transport)
+    created = startup.Leftovers(opts.mgmt_dir)
     try:
         mgmt = mgmt_embed.create(opts, initial)
     except MgmtError as exc:
-        log.error("invalid configuration: %s", exc)
-        return 2
+        created.remove()
+        where = f"{exc.path}: " if exc.path else ""
+        source = args.config if args.config and not opts.startup_file.exists() else \
+            (opts.startup_file if opts.startup_file.exists() else "")
+        raise startup.OperatorError(f"invalid configuration {source}: {where}{exc.message}".replace(
+            "configuration : ", "configuration: ")) from exc
     agent = ClientAgent(opts.mgmt_dir)
 
     async def status_changed(event: dict[str, Any]) -> None:

@@ -20,6 +20,18 @@ def hash_password(password: str, *, n: int = 2**14, r: int = 8, p: int = 1) -> s
     return f"scrypt${n}${r}${p}${base64.b64encode(salt).decode()}${base64.b64encode(key).decode()}"
 
 
+def is_hash(stored: str) -> bool:
+    """Whether *stored* has the form of :func:`hash_password`'s output (not a plaintext password)."""
+    parts = stored.split("$")
+    if len(parts) != 6 or parts[0] != "scrypt" or not all(x.isdigit() for x in parts[1:4]):
+        return False
+    try:
+        base64.b64decode(parts[4], validate=True)
+        return len(base64.b64decode(parts[5], validate=True)) > 0
+    except ValueError:
+        return False
+
+
 def verify_password(password: str, stored: str) -> bool:
     try:
         scheme, n, r, p, salt, key = stored.split("$")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ import aiocoap
 from agent.mitigators import MITIGATOR_NAMES, make_mitigator
 from agent.mitigators.interface import Mitigator
 from agent.numbers import rfc9132
+from agent.startup import OperatorError
 from agent.store.sqlite import SqliteStore
 from agent.transports.credentials import Credentials
 from agent.transports.dtls import add_dtls_server
@@ -47,6 +49,17 @@ class ServerOptions:
     netns: str | None = None  # nftables inside this network namespace
     counter_interval: float = 5.0
     heartbeats: bool = True
+
+
+def _bind_error(what: str, binds: list[tuple[str, int]], exc: OSError) -> OperatorError:
+    """The listener that could not be opened, by address and port (the OS says which, if any)."""
+    import re
+
+    match = re.search(r"\('?([^',()]+)'?, (\d+)", str(exc))
+    where = [(match.group(1), int(match.group(2)))] if match else binds
+    places = ", ".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in where)
+    return OperatorError(f"cannot listen for the DOTS signal channel ({what}) on {places}: "
+                         f"{os.strerror(exc.errno).lower() if exc.errno else exc}")
 
 
 def _stale_after(settings: ServerSettings) -> float | None:
@@ -148,7 +161,10 @@ class DotsServer:
         creds = self.options.credentials
         binds = [(addr, self.options.port) for addr in self.options.listen]
         if "tls" in self.options.transports:
-            await add_tls_server(self.context, binds, creds, admission=self.admission)
+            try:
+                await add_tls_server(self.context, binds, creds, admission=self.admission)
+            except OSError as exc:
+                raise _bind_error("TLS", binds, exc) from exc
             server = tls_server(self.context)
             self.addresses["tls"] = list(server.addresses) if server else binds
             if server is not None:
@@ -159,7 +175,10 @@ class DotsServer:
                 port = self.options.port
                 if port == 0 and "tls" in self.addresses:  # same port number for both (SC-001)
                     port = next((p for h, p in self.addresses["tls"] if h == host), 0)
-                t = await add_dtls_server(self.context, (host, port), creds, admission=self.admission)
+                try:
+                    t = await add_dtls_server(self.context, (host, port), creds, admission=self.admission)
+                except OSError as exc:
+                    raise _bind_error("DTLS", [(host, port)], exc) from exc
                 t.on_closed = lambda remote, _reason: self.sessions.closed(remote)
                 self.addresses["dtls"].append((host, t.port))
         if self.options.heartbeats:
@@ -208,7 +227,7 @@ class DotsServer:
             await self.notifier.close()
         if self.heartbeats:
             await self.heartbeats.stop()
-        if self.context is not None:
+        if self.context is not None and self.context.request_interfaces:  # none: a start that failed
             await self.context.shutdown()
         await self.service.stop()
         for m in self._mitigators.values():
