@@ -96,6 +96,16 @@ def _prepare(args: argparse.Namespace) -> dict[str, Any]:
     return prepared
 
 
+def _bind_error(what: str, host: str, port: int, exc: OSError) -> Exception:
+    import os
+
+    from agent.startup import OperatorError
+
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
+    return OperatorError(f"cannot listen for {what} on {where}: {reason} (--listen/--port)")
+
+
 async def _run(args: argparse.Namespace, prepared: dict[str, Any]) -> int:
     from agent.client import DotsClient, default_state_path
 
@@ -113,18 +123,24 @@ async def _run(args: argparse.Namespace, prepared: dict[str, Any]) -> int:
             server = serve_alerts(client, state.with_name("alerts.json"), args.listen, args.port,
                                   token=prepared["token"], ssl_context=tls, default_lifetime=args.lifetime,
                                   limits=prepared["limits"])
-            async with server:
-                log.info("alert endpoint on %s:%s (%s)", args.listen, server.port, "https" if tls else "http")
-                await stop.wait()
+            try:
+                async with server:
+                    log.info("alert endpoint on %s:%s (%s)", args.listen, server.port, "https" if tls else "http")
+                    await stop.wait()
+            except OSError as exc:  # the body only waits: the listener could not be opened
+                raise _bind_error("the alert endpoint", args.listen, args.port, exc) from exc
         else:
             from agent.portal import Portal
 
             portal = Portal(client, prepared["users"], state.parent / "portal", host=args.listen,
                             port=args.port, ssl_context=tls, plain_http=args.plain_http,
                             limits=prepared["limits"], login_limits=prepared["login"])
-            async with portal:
-                log.info("portal on %s:%s", args.listen, portal.port)
-                await stop.wait()
+            try:
+                async with portal:
+                    log.info("portal on %s:%s", args.listen, portal.port)
+                    await stop.wait()
+            except OSError as exc:  # the body only waits: the listener could not be opened
+                raise _bind_error("the portal", args.listen, args.port, exc) from exc
     return 0
 
 

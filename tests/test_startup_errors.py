@@ -286,3 +286,31 @@ def test_client_agent_config_not_json(pki: Path, tmp_path: Path) -> None:
              "--netconf-port", "0", "--config", str(f), "--mgmt-dir", str(tmp_path / "mgmt"))
     assert f"invalid configuration {f}: line 2 column" in one_line(r, "dots client agent: ")
     nothing_left(tmp_path, "config.json")
+
+
+# ---------------------------------------------------------------- row 4: front-end ports in use
+@pytest.fixture(scope="module")
+def dots_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    from tests.servers import ServerProcess
+
+    srv = ServerProcess(tmp_path_factory.mktemp("front"), listen=("127.0.0.1",)).start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+@pytest.mark.parametrize("action", ["alerts", "portal"])
+def test_frontend_port_in_use(dots_server, tmp_path: Path, busy_tcp: int, action: str) -> None:
+    from agent.portal.passwords import hash_password
+
+    users = tmp_path / "users.json"
+    users.write_text(json.dumps({"users": [{"name": "a", "password": hash_password("x"), "prefixes": []}]}))
+    token = tmp_path / "token"
+    token.write_text("t" * 32 + "\n")
+    extra = ["--users", str(users)] if action == "portal" else ["--token-file", str(token)]
+    r = dots("client", "--pki", str(dots_server.pki), "--server", f"127.0.0.1:{dots_server.port_of('tls')}",
+             "--state", str(tmp_path / "st" / "s.json"), action, "--listen", "127.0.0.1",
+             "--port", str(busy_tcp), *extra)
+    line = one_line(r, f"dots client {action}: ")
+    assert f"127.0.0.1:{busy_tcp}" in line and "cannot listen" in line
