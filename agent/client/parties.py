@@ -29,10 +29,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import json
 import logging
-import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +41,7 @@ from agent.server.scope import targets_of
 
 from .results import MitigationResult
 from .session import DotsClient, Port, build_scope
+from .state import locked_update
 
 log = logging.getLogger("dots.client.parties")
 audit = logging.getLogger("dots.audit")
@@ -97,17 +96,10 @@ class OwnerBook:
         if self.path is None:
             yield self._data
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path.with_name(self.path.name + ".lock"), "a+") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                self._reload()
-                yield self._data
-                tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-                tmp.write_text(json.dumps({"owners": self._data}, indent=1, sort_keys=True))
-                os.replace(tmp, self.path)
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+        with locked_update(self.path) as write:
+            self._reload()
+            yield self._data
+            write({"owners": self._data})
 
     def owner(self, cuid: str, mid: int) -> Party | None:
         self._reload()

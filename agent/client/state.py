@@ -22,7 +22,7 @@ import fcntl
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,25 @@ from typing import Any
 from agent.protocol.server_rules import next_mid, next_sid
 
 STATE_VERSION = 1
+
+
+@contextlib.contextmanager
+def locked_update(path: Path) -> Iterator[Callable[[Any], None]]:
+    """Hold ``PATH.lock`` exclusively (``flock``, so other processes wait) while the caller
+    re-reads *path* and changes it; the yielded ``write(obj)`` replaces *path* atomically with
+    *obj* as JSON.  Shared by the client state and the party owner file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            def write(obj: Any) -> None:
+                tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+                tmp.write_text(json.dumps(obj, indent=1, sort_keys=True))
+                os.replace(tmp, path)
+
+            yield write
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 @dataclass(frozen=True)
@@ -78,17 +97,10 @@ class ClientState:
         if self.path is None:
             yield self._data
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path.with_name(self.path.name + ".lock"), "a+") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                self._data = self._read()
-                yield self._data
-                tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-                tmp.write_text(json.dumps(self._data, indent=1, sort_keys=True))
-                os.replace(tmp, self.path)
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+        with locked_update(self.path) as write:
+            self._data = self._read()
+            yield self._data
+            write(self._data)
 
     @staticmethod
     def _client(data: dict[str, Any], cuid: str) -> dict[str, Any]:
