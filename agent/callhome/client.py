@@ -50,6 +50,7 @@ from agent.pki import certificate_cuid
 from agent.protocol.session import Liveness, Role, SendHeartbeat, SessionConfig, SessionLost
 from agent.server.heartbeats import heartbeat_body
 from agent.server.options import refuse_options
+from agent.server.resources import error
 from agent.transports import tls
 from agent.transports.credentials import Credentials
 from agent.transports.dtls import add_dtls_server
@@ -331,11 +332,6 @@ class CallHomePeer:
         return answer.code
 
 
-def _text(code: Any, diagnostic: str) -> Message:
-    """An error answer with its one-line diagnostic as text/plain (RFC 9132 §4.4.1, SC-005)."""
-    return Message(code=code, payload=diagnostic.encode()[:256], content_format=0)
-
-
 class _Site(Resource):
     """Our CoAP site: the Call Home DOTS server's heartbeats (2.04); nothing else."""
 
@@ -346,16 +342,16 @@ class _Site(Resource):
     async def render(self, request: Message) -> Message:
         refused = refuse_options(request)  # RFC 7252 §5.4.1, as on every DOTS resource
         if refused is not None:
-            return _text(refused[0], refused[1])
+            return error(refused[0], refused[1])
         path = tuple(request.opt.uri_path)
         if path != (*rfc9132.WELL_KNOWN, rfc9132.PATH_HEARTBEAT):
-            return _text(coap.NOT_FOUND, "a Call Home DOTS client serves only heartbeats")
+            return error(coap.NOT_FOUND, "a Call Home DOTS client serves only heartbeats")
         if request.code != coap.PUT:
             return Message(code=coap.METHOD_NOT_ALLOWED)
         try:
             msg = decode_cbor(request.payload, Direction.REQUEST, expect=MessageType.HEARTBEAT)
         except CodecError as exc:
-            return _text(coap.BAD_REQUEST, str(exc))
+            return error(coap.BAD_REQUEST, str(exc))
         self.client._peer_heartbeat(request.remote, bool(msg.members().get("peer-hb-status")))
         return Message(code=coap.CHANGED)
 
