@@ -24,7 +24,6 @@ log = logging.getLogger("dots.server")
 
 
 async def serve(args: argparse.Namespace) -> int:
-    from agent.server.app import DotsServer, ServerOptions
     from agent.server.management import bootstrap_config
     from agent.store.interface import StoreError
 
@@ -43,19 +42,37 @@ async def serve(args: argparse.Namespace) -> int:
     opts = mgmt_embed.options_from(args, listen[0], db.parent / f"{db.stem}-mgmt")
     created = startup.Leftovers(*(startup.db_files(db) if not db.exists() else ()),
                                 *((opts.mgmt_dir,) if opts.enabled else ()))
+    progress = _Progress()
     try:
-        return await _serve(args, DotsServer, ServerOptions, creds, config, listen, transports, db, opts)
+        return await _serve(args, creds, config, listen, transports, db, opts, progress)
     except StoreError as exc:
-        created.remove()
+        if progress.may_clean():
+            created.remove()
         raise startup.OperatorError(str(exc)) from exc
     except BaseException:
-        created.remove()
+        if progress.may_clean():
+            created.remove()
         raise
 
 
-async def _serve(args: argparse.Namespace, DotsServer: Any, ServerOptions: Any, creds: Credentials,
-                 config: dict[str, Any] | None, listen: list[str], transports: tuple[str, ...], db: Path,
-                 opts: mgmt_embed.MgmtOptions) -> int:
+class _Progress:
+    """How far a start got: what it created may be removed only while nothing can depend on it,
+    i.e. before the server was fully up and while it holds no mitigation request (a failure
+    after that -- a crash at shutdown, say -- must never delete a database or startup datastore
+    that acknowledged requests or committed configuration live in)."""
+
+    def __init__(self) -> None:
+        self.serving = False
+        self.server: Any = None
+
+    def may_clean(self) -> bool:
+        return not self.serving and (self.server is None or not self.server.service.entries)
+
+
+async def _serve(args: argparse.Namespace, creds: Credentials, config: dict[str, Any] | None, listen: list[str],
+                 transports: tuple[str, ...], db: Path, opts: mgmt_embed.MgmtOptions, progress: _Progress) -> int:
+    from agent.server.app import DotsServer, ServerOptions
+
     management = None
     if opts.enabled:
         from agent.server.management import ServerManagement, bootstrap_config
@@ -73,6 +90,7 @@ async def _serve(args: argparse.Namespace, DotsServer: Any, ServerOptions: Any, 
         transports=transports,
         netns=args.netns, counter_interval=args.counter_interval)
     server = DotsServer(options)
+    progress.server = server
     try:  # the configuration must be one this build can honour
         server.check_config(config)
     except ValueError as exc:
@@ -88,6 +106,7 @@ async def _serve(args: argparse.Namespace, DotsServer: Any, ServerOptions: Any, 
         addresses: dict[str, list[tuple[str, int]]] = dict(server.addresses)
         if management is not None:
             addresses.update(await management.start(server))
+        progress.serving = True
         if args.ready_file:
             Path(args.ready_file).write_text(json.dumps(addresses))
         await stop.wait()

@@ -314,3 +314,53 @@ def test_frontend_port_in_use(dots_server, tmp_path: Path, busy_tcp: int, action
              "--port", str(busy_tcp), *extra)
     line = one_line(r, f"dots client {action}: ")
     assert f"127.0.0.1:{busy_tcp}" in line and "cannot listen" in line
+
+
+async def test_a_failure_after_start_never_deletes_the_new_database(tmp_path: Path, monkeypatch) -> None:
+    """What a failed start created is removed -- but not once the server served: a crash at shutdown
+    must leave the (new) database with its acknowledged requests in place."""
+    import asyncio
+    import signal
+    import sqlite3
+
+    import aiocoap
+    import cbor2
+    from aiocoap import numbers as coap
+
+    from agent import cli, cli_server
+    from agent.pki import certificate_cuid
+    from agent.server.app import DotsServer
+    from tests.servers import raw_client
+
+    pki_dir = tmp_path / "pki"
+    init_pki(pki_dir)
+    db, ready = tmp_path / "new.db", tmp_path / "ready.json"
+    args = cli.build_parser().parse_args(["server", "--pki", str(pki_dir), "--listen", "127.0.0.1", "--port", "0",
+                                          "--db", str(db), "--ready-file", str(ready)])
+    task = asyncio.ensure_future(cli_server.serve(args))
+    while not (ready.exists() and ready.stat().st_size):
+        assert not task.done(), task.exception()
+        await asyncio.sleep(0.05)
+    port = json.loads(ready.read_text())["tls"][0][1]
+    ctx = await raw_client(pki_dir)
+    try:
+        cuid = certificate_cuid(pki_dir / "client.crt")
+        req = aiocoap.Message(code=coap.PUT, uri=f"coaps+tcp://127.0.0.1:{port}/.well-known/dots/mitigate/"
+                              f"cuid={cuid}/mid=1", payload=cbor2.dumps({1: {2: [{6: ["203.0.113.0/24"], 14: 600}]}}),
+                              content_format=271)
+        assert (await asyncio.wait_for(ctx.request(req).response, 15)).code == coap.CREATED
+    finally:
+        await ctx.shutdown()
+    original = DotsServer.stop
+
+    async def crashing_stop(self: DotsServer) -> None:
+        await original(self)
+        raise RuntimeError("injected failure at shutdown")
+
+    monkeypatch.setattr(DotsServer, "stop", crashing_stop)
+    signal.raise_signal(signal.SIGTERM)  # the server's own handler: a normal stop
+    with pytest.raises(RuntimeError, match="injected"):
+        await asyncio.wait_for(task, 30)
+    assert db.exists()
+    with sqlite3.connect(db) as con:
+        assert con.execute("select count(*) from mitigation").fetchone()[0] == 1
