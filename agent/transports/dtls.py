@@ -104,7 +104,7 @@ def _find_tman(context: aiocoap.Context, transport: Any) -> Any:
 
 async def add_dtls_server(context: aiocoap.Context, bind: tuple[str, int], credentials: Credentials, *,
                           require_client_cert: bool = True, mtu: int = 1280, idle_timeout: float = 600.0,
-                          handshake_timeout: float | None = None, max_peers: int | None = None,
+                          handshake_timeout: float | None = None,
                           dead_peer_timeout: float | None = None, admission: Admission | None = None,
                           identity: Callable[[DTLSServerRemote], Hashable | None] | None = None
                           ) -> DTLSServerTransport:
@@ -118,9 +118,7 @@ async def add_dtls_server(context: aiocoap.Context, bind: tuple[str, int], crede
     but nothing received for that long.  Handshakes and associations are admitted by
     *admission* (:mod:`agent.transports.limits`; shared with other listeners to count them
     together, a private one with the YANG defaults when None), per client *identity* (default:
-    the SHA-256 of the certificate's SPKI, or the PSK identity).  ``max_peers``, when set, is
-    one more cap on the associations of this socket; only unfinished handshakes are evicted
-    for a newcomer, never an established association.  The returned
+    the SHA-256 of the certificate's SPKI, or the PSK identity).  The returned
     transport has ``async shutdown()`` and ``.port``; ``context.shutdown()`` also shuts it down.
     """
     loop = asyncio.get_running_loop()
@@ -129,7 +127,7 @@ async def add_dtls_server(context: aiocoap.Context, bind: tuple[str, int], crede
     async def construct(mman: Any) -> DTLSServerTransport:
         t = DTLSServerTransport(mman, credentials, require_client_cert=require_client_cert, mtu=mtu,
                                 idle_timeout=idle_timeout, handshake_timeout=handshake_timeout,
-                                max_peers=max_peers, dead_peer_timeout=dead_peer_timeout, loop=loop,
+                                dead_peer_timeout=dead_peer_timeout, loop=loop,
                                 admission=admission, identity=identity)
         await t._bind(bind)
         holder.append(t)

@@ -175,7 +175,7 @@ class DTLSServerTransport(interfaces.MessageInterface):
 
     def __init__(self, mman: interfaces.MessageManager, credentials: Credentials, *,
                  require_client_cert: bool, mtu: int, idle_timeout: float, handshake_timeout: float | None,
-                 max_peers: int | None, dead_peer_timeout: float | None, loop: asyncio.AbstractEventLoop,
+                 dead_peer_timeout: float | None, loop: asyncio.AbstractEventLoop,
                  admission: Admission | None = None,
                  identity: Callable[[DTLSServerRemote], Hashable | None] | None = None) -> None:
         self._mman: interfaces.MessageManager | None = mman
@@ -189,7 +189,6 @@ class DTLSServerTransport(interfaces.MessageInterface):
         #: who an association belongs to for max-associations-per-client
         self.identity = identity or _default_identity
         self.dead_peer_timeout = dead_peer_timeout
-        self.max_peers = max_peers
         self.cookies = CookieJar()
         self.ssl_context, self._keepalive = make_context(
             credentials, server=True, require_client_cert=require_client_cert, cookies=self.cookies)
@@ -268,18 +267,6 @@ class DTLSServerTransport(interfaces.MessageInterface):
         old = self.peers.pop(addr, None)
         if old is not None:
             old.channel.close(FatalDTLSError("peer started a new DTLS association"), notify=False)
-        if self.max_peers is not None and len(self.peers) >= self.max_peers:
-            # Room is made from unfinished handshakes only (oldest first): an established
-            # association is never evicted for a newcomer, which is refused instead.
-            for victim_addr in [a for a, p in self.peers.items() if not p.channel.established]:
-                if len(self.peers) < self.max_peers:
-                    break
-                self.peers[victim_addr].channel.close(IdleTimeout("evicted: too many DTLS handshakes"))
-            if len(self.peers) >= self.max_peers:
-                self.admission.stats.associations_refused += 1
-                self.admission.warn("max-peers", "coaps: %d DTLS associations (max_peers): refusing %s",
-                                    self.max_peers, address_key(addr))
-                return
         token = self.admission.begin_handshake(addr)
         if token is None:
             self.stats["dropped"] += 1
